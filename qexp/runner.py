@@ -1,0 +1,72 @@
+"""One experiment run: load what the tasks need, quantize, run each task, log everything to MLflow."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import mlflow
+from rich.progress import Progress
+
+from qexp.config import RunConfig
+from qexp.models.loader import load_model, load_tokenizer, resolve_device
+from qexp.quant.apply import QuantReport, quantize_model
+from qexp.quant.recipes import recipe_config
+from qexp.tasks import get_task
+from qexp.tracking import log_json, tracked_run
+
+
+@dataclass
+class RunContext:
+    """What a task gets: the config, the device, and the (quantized) model and tokenizer, loaded on first use."""
+
+    cfg: RunConfig
+    device: str
+    progress: Progress | None = None
+    quant_report: QuantReport | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # per-run caches shared between tasks
+    _task: Any = None
+
+    @cached_property
+    def model(self):
+        """The run's model: loaded, then quantized with the run's recipe (report logged)."""
+        t0 = time.perf_counter()
+        m = load_model(self.cfg.model, self.cfg.load_format, self.device, self.cfg.seed)
+        mlflow.log_metric("time.model_load_s", time.perf_counter() - t0)
+        self.quant_report = quantize_model(m, self.cfg)
+        mlflow.log_metrics(self.quant_report.metrics())
+        log_json(self.quant_report.to_dict(), "quantization.json")
+        return m
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.cfg.model, self.cfg.tokenizer)
+
+    def start(self, description: str, total: int | None) -> None:
+        if self.progress is not None:
+            self._task = self.progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.progress is not None and self._task is not None:
+            self.progress.advance(self._task, n)
+
+
+TASK_TOTALS = {"matmul": lambda cfg: cfg.num_tests}
+
+
+def execute(cfg: RunConfig, show_progress: bool = True) -> str:
+    """Run every task of `cfg` inside one tracked MLflow run; return its run id."""
+    device = resolve_device(cfg.device)
+    # everything that can be checked without the model fails here, before a run exists
+    tasks = {name: get_task(name) for name in cfg.tasks}
+    recipe_config(cfg)
+    with tracked_run(cfg, device) as run, Progress(disable=not show_progress, transient=True) as progress:
+        ctx = RunContext(cfg, device, progress)
+        for name, fn in tasks.items():
+            ctx.start(name, TASK_TOTALS.get(name, lambda c: None)(cfg))
+            t0 = time.perf_counter()
+            metrics = fn(ctx)
+            mlflow.log_metrics(metrics)
+            mlflow.log_metric(f"time.{name}_s", time.perf_counter() - t0)
+        return run.info.run_id
