@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = REPO / "configs" / "models" / "tiny-qwen3"
+
+
+def _shared_data_dir() -> Path:
+    return Path(os.environ.get("QEXP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data (MMLU CSVs, WikiText-2 raw, Qwen3 tokenizer); a loud failure if absent, never a skip."""
+    d = _shared_data_dir()
+    if not (d / "qwen3-tokenizer" / "vocab.json").is_file():
+        pytest.fail(f"shared data not found at {d} (set QEXP_SHARED_DATA); tests that need it cannot run")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(shared_data) -> Path:
+    return shared_data / "qwen3-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return TINY_MODEL
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run through the device tool)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
