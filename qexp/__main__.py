@@ -1,0 +1,3 @@
+from qexp.cli import main
+
+main()
