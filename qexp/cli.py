@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from qexp.config import (DEVICES, DTYPES, GROUP_SIZES, LOAD_FORMATS, MODES, PROTOCOLS, QUANTS, TASKS,
+from qexp.config import (CALIB_DATA, DEVICES, DTYPES, GROUP_SIZES, LOAD_FORMATS, MODES, PROTOCOLS, QUANTS, TASKS,
                          ConfigError, build_config)
 
 
@@ -40,6 +40,7 @@ def _choice(values) -> click.Choice:
 @click.option("--mode", type=_choice(MODES), help="fake: quantize->dequantize, stored bf16; real: stored int8/fp8 (default real).")
 @click.option("--smoothquant-alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0.5).")
 @click.option("--calib-samples", type=int, help="SmoothQuant calibration samples (default 64).")
+@click.option("--calib-data", type=_choice(CALIB_DATA), help="SmoothQuant calibration data: wikitext (WikiText-2 validation) or mmlu (dev prompts); never the evaluated split.")
 @click.option("--include-lm-head/--no-include-lm-head", default=None, help="Quantize the (tied) lm_head too (default no).")
 @click.option("--tasks", help=f"Comma-separated tasks from: {', '.join(TASKS)} (default matmul).")
 @click.option("--matmul-shape", type=int, nargs=3, metavar="M N K", help="Matmul-error shape (default 2048 2048 2048).")

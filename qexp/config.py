@@ -18,6 +18,7 @@ TASKS = ("mmlu", "ppl", "throughput", "fidelity", "matmul")
 LOAD_FORMATS = ("auto", "dummy")
 DEVICES = ("auto", "cuda", "cpu")
 PROTOCOLS = ("standard", "seed")
+CALIB_DATA = ("wikitext", "mmlu")  # SmoothQuant calibration: WikiText-2 validation text or MMLU dev prompts
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ class RunConfig:
     mode: str = "real"
     smoothquant_alpha: float = 0.5
     calib_samples: int = 64
+    calib_data: str = "wikitext"
     include_lm_head: bool = False
     # what to measure
     tasks: list[str] = field(default_factory=lambda: ["matmul"])
@@ -96,6 +98,7 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         _choice("mmlu_protocol", self.mmlu_protocol, PROTOCOLS)
         _choice("ppl_protocol", self.ppl_protocol, PROTOCOLS)
+        _choice("calib_data", self.calib_data, CALIB_DATA)
         if not self.tasks:
             raise ConfigError(f"tasks is empty; choose from: {', '.join(TASKS)}")
         for t in self.tasks:
