@@ -60,8 +60,9 @@ def _choice(values) -> click.Choice:
 @click.option("--run-name", help="MLflow run name (default: the recipe, e.g. int8-row-real).")
 def run_cmd(config_file, **opts) -> None:
     """Run one experiment: quantize the model with one recipe, run the tasks, log to MLflow."""
-    if opts.get("matmul_shape") == ():
-        opts["matmul_shape"] = None
+    # `mlflow run` passes every MLproject parameter; "" or "none" there means "not given"
+    opts = {k: (None if v in ("", (), "none") else v) for k, v in opts.items()}
+    config_file = None if config_file in ("", "none") else config_file
     try:
         cfg = build_config(config_file, opts)
     except ConfigError as e:

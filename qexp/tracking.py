@@ -60,8 +60,12 @@ def device_name(device: str) -> str:
 
 def log_run_context(cfg: RunConfig, device: str) -> None:
     """Params, hashes, versions, device and seeds every run carries."""
-    params = {k: (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in cfg.to_dict().items()}
-    mlflow.log_params(params)
+    params = {k: _param_str(v) for k, v in cfg.to_dict().items()}
+    # Under `mlflow run` the MLproject parameters are already logged as given; MLflow forbids changing them,
+    # so a resolved value that differs is logged beside them as resolved.<key>.
+    given = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({(f"resolved.{k}" if k in given and given[k] != v else k): v
+                       for k, v in params.items() if given.get(k) != v})
     mlflow.set_tags({
         "qexp.config_hash": cfg.config_hash(),
         "qexp.recipe": cfg.recipe,
@@ -71,6 +75,12 @@ def log_run_context(cfg: RunConfig, device: str) -> None:
         **{f"qexp.version.{k}": v for k, v in library_versions().items()},
     })
     mlflow.log_dict(cfg.to_dict(), "config.json")
+
+
+def _param_str(v: Any) -> str:
+    if v is None:
+        return "none"
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

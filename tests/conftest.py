@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests never need the Hugging Face hub; offline mode makes hub look-ups fail at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "configs" / "models" / "tiny-qwen3"
 

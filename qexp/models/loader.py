@@ -90,7 +90,9 @@ def load_tokenizer(model: str, tokenizer: str | None = None):
     src = tokenizer or os.environ.get("QEXP_TOKENIZER") or model
     p = Path(src)
     if p.is_file():
-        src = str(p.parent)
+        p, src = p.parent, str(p.parent)
+    if p.is_dir() and not any((p / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        raise ModelLoadError(f"no tokenizer files in {p}; pass --tokenizer DIR (e.g. a Qwen3 tokenizer dir)")
     try:
         return AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as e:
