@@ -40,6 +40,13 @@ class RunContext:
         return m
 
     @cached_property
+    def engine(self):
+        """Our paged-attention engine over the (quantized) model: every task scores and generates through it."""
+        from qexp.engine import LLM
+
+        return LLM(self.model)
+
+    @cached_property
     def tokenizer(self):
         return load_tokenizer(self.cfg.model, self.cfg.tokenizer)
 
