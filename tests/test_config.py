@@ -57,3 +57,12 @@ def test_config_hash_tracks_results_not_names():
     b = build_config(None, {"dtype": "int8", "quant": "row", "run_name": "x", "experiment": "other"})
     c = build_config(None, {"dtype": "int8", "quant": "row", "seed": 1})
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_shipped_run_configs_are_valid():
+    from conftest import REPO
+
+    files = sorted((REPO / "configs" / "runs").glob("*.yaml"))
+    assert files
+    for f in files:
+        build_config(f)
