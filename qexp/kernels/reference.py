@@ -35,11 +35,11 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
                      act_dtype: str | None = None, pre_scale: torch.Tensor | None = None,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     out_dtype = x.dtype
+    if pre_scale is not None:  # SmoothQuant's folded 1/s, rounded back to x's dtype as the previous op would
+        x = (x.float() * pre_scale).to(x.dtype)
     if act_dtype is None:
         out = torch.nn.functional.linear(x, dequantize_weight(w_q, w_scale, group_size, x.dtype))
     else:
-        if pre_scale is not None:
-            x = (x.float() * pre_scale).to(x.dtype)
         x_q, x_s = quantize_activation(x, act_dtype)
         acc = x_q.float() @ w_q.float().T  # exact for int8 (|sum| < 2^24 for K <= 1040) and fp8 products
         ws = w_scale.reshape(1, -1) if w_scale.numel() > 1 else w_scale.reshape(1, 1)

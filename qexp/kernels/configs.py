@@ -1,0 +1,104 @@
+"""Kernel choice per (recipe kind, N, K, M bucket): tuned table for this GPU if there is one, else a heuristic.
+
+The table is written offline by `scripts/bench_linear.py --tune` (qexp/kernels/tuned/<gpu>.json) and read once,
+so start-up compiles only the kernels a model actually uses, with no autotuning at load time.
+A config is a dict: backend ("triton" | "scaled_mm" | "scaled_mm_fast") and, for triton, its tile sizes.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import torch
+
+TUNED_DIR = Path(__file__).with_name("tuned")
+M_BUCKETS = (1, 16, 64, 256, 1024, 4096)
+
+
+def kind(w_dtype: torch.dtype, act_dtype: str | None, group_size: int | None) -> str:
+    """Recipe kind the kernels distinguish, e.g. w8a16-int8-row, w8a16-fp8-group128, w8a8-fp8.
+    Tensor-wise weights run the row-wise kernel (the scale is broadcast), so they share its configs."""
+    wd = "int8" if w_dtype == torch.int8 else "fp8"
+    if act_dtype is not None:
+        return f"w8a8-{wd}"
+    return f"w8a16-{wd}-" + (f"group{group_size}" if group_size else "row")
+
+
+def m_bucket(m: int) -> int:
+    return next((b for b in M_BUCKETS if m <= b), M_BUCKETS[-1])
+
+
+def key(kind_: str, n: int, k: int, m: int) -> str:
+    return f"{kind_}|{n}|{k}|{m_bucket(m)}"
+
+
+def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8) -> dict:
+    return {"backend": "triton", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages, "GROUP_N": group_n}
+
+
+def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
+    """A reasonable config without tuning (any GPU Triton runs on)."""
+    a8 = kind_.startswith("w8a8")
+    if m <= 16:
+        return _triton(32, 16, 256, split_k=2 if n * k <= 2048 * 2048 else 1)
+    if m <= 64:
+        return _triton(64, 64, 128)
+    if kind_ == "w8a8-fp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
+        return {"backend": "scaled_mm"}
+    if m <= 256:
+        return _triton(128, 64, 128 if a8 else 64)
+    return _triton(128, 128, 128 if a8 else 64, warps=8, stages=3 if a8 else 4)
+
+
+def candidates(kind_: str, m: int) -> list[dict]:
+    """Small per-bucket search space for the tuner (each config compiled once, shared across shapes)."""
+    b = m_bucket(m)
+    if b <= 16:
+        out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(16, 16, 512, stages=3),
+               _triton(32, 16, 256, split_k=2), _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
+    elif b == 64:
+        out = [_triton(64, 64, 128), _triton(128, 64, 64), _triton(64, 32, 128), _triton(64, 64, 128, split_k=2),
+               _triton(128, 64, 128, warps=8, stages=3)]
+    elif b == 256:
+        out = [_triton(128, 64, 64), _triton(128, 64, 128, stages=3), _triton(128, 128, 64, warps=8),
+               _triton(64, 128, 64), _triton(128, 128, 128, warps=8, stages=3)]
+    else:
+        out = [_triton(128, 128, 64, warps=8), _triton(128, 256, 64, warps=8, stages=3),
+               _triton(128, 128, 128, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3)]
+    if kind_ == "w8a8-fp8":
+        out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
+    if "group" in kind_:  # a K tile must fit in one group; smaller tiles are what the kernel would clamp to anyway
+        gs = int(kind_.rsplit("group", 1)[1])
+        out = [c for c in out if c["BLOCK_K"] <= gs] or out
+    return out
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def tuned_path(device_name: str) -> Path:
+    return TUNED_DIR / f"{_slug(device_name)}.json"
+
+
+@functools.cache
+def _table(device_name: str) -> dict:
+    p = tuned_path(device_name)
+    return json.loads(p.read_text())["configs"] if p.is_file() else {}
+
+
+@functools.cache
+def lookup(kind_: str, n: int, k: int, m_b: int, device_name: str) -> dict:
+    return _table(device_name).get(f"{kind_}|{n}|{k}|{m_b}") or heuristic(kind_, n, k, m_b)
+
+
+@functools.cache
+def device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def config_for(kind_: str, n: int, k: int, m: int, device: torch.device) -> dict:
+    return lookup(kind_, n, k, m_bucket(m), device_name(device.index or 0))

@@ -1,0 +1,71 @@
+"""CUDA fast path of quantized_linear: Triton W8A16 / W8A8 GEMMs, fused per-token activation quantization, and
+torch._scaled_mm (cuBLASLt fp8, row-wise scales) where the tuned table says it wins.
+
+No host synchronisation anywhere, so a CUDA graph can capture every call. Weights are consumed as the recipes
+store them (w_q (N, K) row-major, w_scale float32 (1,) | (N,) | (N, K // group_size)): no re-packing needed.
+"""
+from __future__ import annotations
+
+import torch
+
+from qexp.kernels import configs
+from qexp.kernels.triton_act_quant import quantize_activation
+from qexp.kernels.triton_qmm import qmm
+
+_W_DTYPES = (torch.int8, torch.float8_e4m3fn)
+_ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+
+
+def supports(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
+             act_dtype: str | None) -> bool:
+    """Whether the fused path computes this call; anything else takes the reference path."""
+    if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and w_q.dtype in _W_DTYPES
+            and w_q.dim() == 2 and w_q.is_contiguous() and w_scale.dtype == torch.float32
+            and w_scale.is_contiguous() and w_q.device == x.device):
+        return False
+    n, k = w_q.shape
+    if k % 16 or x.shape[-1] != k:
+        return False
+    if act_dtype is not None:  # W8A8: activations quantized to the weight's own dtype, tensor/row weight scales
+        return _ACT.get(act_dtype) == w_q.dtype and w_scale.dim() == 1 and w_scale.numel() in (1, n)
+    if w_scale.dim() == 2:
+        return group_size is not None and group_size % 16 == 0 and w_scale.shape == (n, k // group_size)
+    return w_scale.numel() in (1, n)
+
+
+def _scaled_mm(x_q, x_s, w_q, w_scale, out_dtype, fast_accum: bool):
+    n = w_q.shape[0]
+    w_s = w_scale.reshape(1, -1) if w_scale.numel() == n else w_scale.reshape(1, 1).expand(1, n).contiguous()
+    return torch._scaled_mm(x_q, w_q.t(), scale_a=x_s, scale_b=w_s, out_dtype=out_dtype, use_fast_accum=fast_accum)
+
+
+def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
+                     act_dtype: str | None = None, pre_scale: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """Same contract as reference.quantized_linear; `config` overrides the tuned choice (the tuner uses it)."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    n = w_q.shape[0]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    if m == 0:
+        return x.new_empty(*lead, n)
+    if group_size is not None and group_size >= k:
+        group_size = None  # one group per row is row-wise
+    cfg = config or configs.config_for(configs.kind(w_q.dtype, act_dtype, group_size if w_scale.dim() == 2 else None),
+                                       n, k, m, x.device)
+    if act_dtype is None:
+        if pre_scale is not None:
+            x2 = (x2.float() * pre_scale).to(x.dtype)
+        out = qmm(x2, w_q, w_scale, cfg, group_size=group_size if w_scale.dim() == 2 else None, bias=bias,
+                  out_dtype=x.dtype)
+    else:
+        x_q, x_s = quantize_activation(x2, act_dtype, pre_scale)
+        if cfg["backend"] == "triton":
+            out = qmm(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=x.dtype)
+        else:
+            out = _scaled_mm(x_q, x_s, w_q, w_scale, x.dtype, cfg["backend"] == "scaled_mm_fast")
+            if bias is not None:
+                out = out + bias
+    return out.reshape(*lead, n)

@@ -1,0 +1,48 @@
+"""Fused dynamic per-token activation quantization for W8A8: one pass over x per row.
+
+Same math as reference.quantize_activation (qdq.quantize, "row"): optional SmoothQuant pre-scale rounded back to
+x's dtype, scale = max(amax, 1e-12) / qmax, q = round-half-even(x / scale) (int8) or RNE cast to e4m3 (fp8).
+IEEE divisions (div_rn) so q and scale equal the reference's bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from qexp.quant import qdq
+
+
+@triton.jit
+def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
+                      HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr, QMAX: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_K)
+    mask = offs < K
+    x_raw = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs, mask=mask, other=0.0)
+    x = x_raw.to(tl.float32)
+    if HAS_PRE:
+        x = (x * tl.load(pre_ptr + offs, mask=mask, other=0.0)).to(x_raw.dtype).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=0)
+    scale = tl.div_rn(tl.maximum(amax, 1e-12), QMAX)
+    y = tl.div_rn(x, scale)
+    if IS_FP8:
+        q = tl.clamp(y, -QMAX, QMAX).to(tl.float8e4nv)
+    else:
+        # adding then subtracting 1.5 * 2^23 rounds |y| <= 127 to the nearest integer, ties to even (torch.round)
+        q = ((tl.clamp(y, -QMAX, QMAX) + 12582912.0) - 12582912.0).to(tl.int8)
+    tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs, q, mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+def quantize_activation(x: torch.Tensor, act_dtype: str, pre_scale: torch.Tensor | None = None):
+    """x (M, K) -> (x_q (M, K) int8 | float8_e4m3fn, scale (M, 1) float32)."""
+    m, k = x.shape
+    q = torch.empty((m, k), device=x.device, dtype=qdq.STORAGE[act_dtype])
+    s = torch.empty((m, 1), device=x.device, dtype=torch.float32)
+    block_k = triton.next_power_of_2(k)
+    _act_quant_kernel[(m,)](x, pre_scale if pre_scale is not None else s, q, s, k, x.stride(0), q.stride(0),
+                            HAS_PRE=pre_scale is not None, IS_FP8=act_dtype == "fp8",
+                            QMAX=float(qdq.QMAX[act_dtype]), BLOCK_K=block_k,
+                            num_warps=min(16, max(4, block_k // 512)))
+    return q, s

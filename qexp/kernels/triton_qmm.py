@@ -1,0 +1,124 @@
+"""One Triton GEMM for every 8-bit recipe: out = x @ dequant(w_q).T, the weight dequantized in registers.
+
+Computed "swapped" (out.T = W @ x.T): the weight tile is the MMA's A operand, so the int8/fp8 -> bf16 convert
+stays in registers (Hopper's wgmma takes A from registers), and the N dimension of the weight fills the 64-row
+MMA even when M is 1 (decode). Modes:
+  W8A16 (A8=False): x bf16/fp16, w int8 or fp8 converted to x's dtype, fp32 accumulation.
+  W8A8  (A8=True):  x already quantized per token (int8 or fp8, same dtype as w), int32 / fp32 accumulation,
+                    per-token x scale applied in the epilogue.
+Scales: tensor-wise and row-wise apply once in the epilogue (stride 0 for tensor-wise); group-wise scales
+multiply each BLOCK_K partial product (BLOCK_K divides group_size, so one tile never spans two groups).
+SPLIT_K > 1 splits K over programs that atomically add fp32 partials (decode shapes with few output tiles).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
+                M, N, K, stride_xm, stride_wn, stride_om, stride_wsn, stride_wsg, group_size, tiles_per_split,
+                A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                EVEN_K: tl.constexpr,
+                SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_N: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # grouped ordering: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are reused from L2
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    width = GROUP_N * num_pid_m
+    first_n = (pid // width) * GROUP_N
+    group_n = min(num_pid_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % width) % group_n
+    pid_m = (pid % width) // group_n
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n_ld = offs_n % N  # wrapped rows/cols are loaded but never stored: no masks in the main loop
+    offs_m_ld = offs_m % M
+    offs_k = tl.arange(0, BLOCK_K)
+
+    kt_begin = pid_k * tiles_per_split
+
+    w_ptrs = w_ptr + offs_n_ld[:, None] * stride_wn + (kt_begin * BLOCK_K + offs_k)[None, :]
+    x_ptrs = x_ptr + offs_m_ld[None, :] * stride_xm + (kt_begin * BLOCK_K + offs_k)[:, None]
+    if INT_ACC:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for i in range(0, tiles_per_split):
+        kt = kt_begin + i
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptrs)
+        else:
+            k_left = K - kt * BLOCK_K
+            w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0)
+            x = tl.load(x_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        if not A8:
+            w = w.to(x.dtype)
+        if GROUPED:
+            s = tl.load(ws_ptr + offs_n_ld * stride_wsn + ((kt * BLOCK_K) // group_size) * stride_wsg)
+            acc += tl.dot(w, x).to(tl.float32) * s[:, None]
+        else:
+            acc = tl.dot(w, x, acc, out_dtype=acc.dtype)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+
+    out = acc.to(tl.float32)
+    if not GROUPED:
+        out = out * tl.load(ws_ptr + offs_n_ld * stride_wsn)[:, None]
+    if A8:
+        out = out * tl.load(xs_ptr + offs_m_ld)[None, :]
+    if HAS_BIAS:
+        if pid_k == 0:
+            out += tl.load(bias_ptr + offs_n_ld)[:, None].to(tl.float32)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    out_t = tl.trans(out)
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out_t.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_ptrs, out_t, mask=mask, sem="relaxed")
+
+
+def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
+        x_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """x (M, K) contiguous rows; w_q (N, K) contiguous; w_scale float32 (1,) | (N,) | (N, K // group_size);
+    x_scale float32 (M, 1) when x is quantized (W8A8). Returns (M, N) in out_dtype."""
+    m, k = x.shape
+    n = w_q.shape[0]
+    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
+    if grouped and x_scale is not None:
+        raise ValueError("W8A8 takes tensor- or row-wise weight scales, not group-wise")
+    if w_scale.numel() == 1:
+        stride_wsn, stride_wsg = 0, 0
+    elif grouped:
+        stride_wsn, stride_wsg = w_scale.stride(0), w_scale.stride(1)
+    else:
+        stride_wsn, stride_wsg = 1, 0
+    block_k = cfg["BLOCK_K"]
+    if grouped:
+        block_k = min(block_k, group_size)  # a K tile must not straddle two groups
+    split_k = math.gcd(cfg["SPLIT_K"], triton.cdiv(k, block_k))
+    if split_k > 1:
+        out = torch.zeros((m, n), device=x.device, dtype=torch.float32)
+    else:
+        out = torch.empty((m, n), device=x.device, dtype=out_dtype)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split_k)
+    _qmm_kernel[grid](
+        x, w_q, out, w_scale, x_scale if x_scale is not None else w_scale, bias if bias is not None else w_scale,
+        m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
+        triton.cdiv(k, block_k) // split_k,
+        A8=x_scale is not None, INT_ACC=x_scale is not None and w_q.dtype == torch.int8, GROUPED=grouped,
+        HAS_BIAS=bias is not None,
+        EVEN_K=k % block_k == 0, SPLIT_K=split_k,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out if split_k == 1 else out.to(out_dtype)
