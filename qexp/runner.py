@@ -12,6 +12,7 @@ from rich.progress import Progress
 from qexp.config import RunConfig
 from qexp.models.loader import load_model, load_tokenizer, resolve_device
 from qexp.quant.apply import QuantReport, quantize_model
+from qexp.quant.calibration import calibration_batches
 from qexp.quant.recipes import recipe_config
 from qexp.tasks import get_task
 from qexp.tracking import log_json, tracked_run
@@ -34,7 +35,9 @@ class RunContext:
         t0 = time.perf_counter()
         m = load_model(self.cfg.model, self.cfg.load_format, self.device, self.cfg.seed)
         mlflow.log_metric("time.model_load_s", time.perf_counter() - t0)
-        self.quant_report = quantize_model(m, self.cfg)
+        # SmoothQuant recipes call this for their calibration data (tokenizer and data load only then)
+        self.quant_report = quantize_model(
+            m, self.cfg, calibration_batches=lambda: calibration_batches(self.cfg, self.tokenizer, self.device))
         mlflow.log_metrics(self.quant_report.metrics())
         log_json(self.quant_report.to_dict(), "quantization.json")
         return m
@@ -67,7 +70,7 @@ def execute(cfg: RunConfig, show_progress: bool = True) -> str:
     device = resolve_device(cfg.device)
     # everything that can be checked without the model fails here, before a run exists
     tasks = {name: get_task(name) for name in cfg.tasks}
-    recipe_config(cfg)
+    recipe_config(cfg, device)
     with tracked_run(cfg, device) as run, Progress(disable=not show_progress, transient=True) as progress:
         ctx = RunContext(cfg, device, progress)
         for name, fn in tasks.items():
