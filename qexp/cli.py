@@ -83,5 +83,16 @@ def run_cmd(config_file, **opts) -> None:
     click.echo(f"run {run_id} finished: {cfg.recipe}")
 
 
+def _register_subcommands() -> None:
+    from qexp.compare.cli import compare_cmd
+    from qexp.sweep.cli import sweep_cmd
+
+    main.add_command(sweep_cmd)
+    main.add_command(compare_cmd)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,55 @@
+"""Fan sweep points out through Ray: each point one Ray task (num_gpus=1 on a GPU cluster) running the same
+worker command as a local sweep, logging to the same tracking URI.
+
+Every node needs qexp installed and must reach the tracking URI (a tracking server, or a sqlite file on a
+shared filesystem); `ray_address` "local" starts a private Ray instance on this machine.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from qexp.config import RunConfig
+from qexp.sweep.resume import SweepError
+from qexp.sweep.worker import run_point
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("--ray-address needs Ray: pip install 'ray>=2.9' (or qexp[ray])") from None
+    return ray
+
+
+def run_on_ray(todo: list[tuple[int, RunConfig]], start: Callable, done: Callable, uri: str, address: str,
+               num_cpus: int | None = None) -> None:
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address == "local":
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
+        # max_calls=1: a fresh worker process per point, so nothing (CUDA context, memory) leaks between points
+        task = ray.remote(num_gpus=1 if gpu_cluster else 0, num_cpus=1, max_retries=0, max_calls=1)(run_point)
+        refs = {}
+        for index, cfg in todo:
+            job = start(index, cfg)
+            refs[task.remote(cfg.to_dict(), job.run_id, uri)] = job
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1)
+                job = refs.pop(ready[0])
+                try:
+                    code, log = ray.get(ready[0])
+                except ray.exceptions.RayError as e:
+                    code, log = 1, f"Ray task failed: {e}"
+                done(job, code, log)
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+    finally:
+        if started_here:
+            ray.shutdown()
