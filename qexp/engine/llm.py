@@ -1,0 +1,147 @@
+"""The engine's front door: LLM(model).generate / score / next_token_logits over token ids.
+
+Requests become Sequences; the Scheduler forms each step (packed prefill or batched decode) under the
+max_num_seqs / max_num_batched_tokens / KV-cache limits; the ModelRunner executes it on the model's device.
+Scoring requests are prefill-only: the lm_head runs only on the positions asked for, a chunk at a time, so full
+(seq_len, vocab) logits never exist for a whole batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from qexp.engine.block_manager import BlockManager
+from qexp.engine.model_runner import ModelRunner
+from qexp.engine.sampling import SamplingParams, sample
+from qexp.engine.scheduler import Scheduler
+from qexp.engine.sequence import Sequence
+
+LM_HEAD_CHUNK = 512  # rows of (vocab,) float32 logits materialised at a time when scoring
+
+
+class EngineError(ValueError):
+    """A request the engine cannot serve (too long, empty, bad start); the message is one line for the user."""
+
+
+class LLM:
+    def __init__(self, model, *, block_size: int = 256, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 16384, max_model_len: int = 4096,
+                 gpu_memory_utilization: float = 0.85, enforce_eager: bool = False,
+                 enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None) -> None:
+        """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
+        (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB)."""
+        cfg = model.config
+        max_model_len = min(max_model_len, cfg.max_position_embeddings)
+        if max_num_batched_tokens < max_model_len:
+            raise EngineError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
+                              f"({max_model_len}): a prompt is prefilled in one step")
+        if block_size < 1 or max_num_seqs < 1:
+            raise EngineError("block_size and max_num_seqs must be >= 1")
+        self.model = model
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        self.runner = ModelRunner(model, block_size=block_size, max_num_seqs=max_num_seqs,
+                                  max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+                                  gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                                  num_kvcache_blocks=num_kvcache_blocks)
+        n_blocks = self.runner.num_kvcache_blocks
+        if n_blocks * block_size < max_model_len:
+            raise EngineError(f"the KV cache holds {n_blocks * block_size} tokens < max_model_len "
+                              f"({max_model_len}); lower max_model_len or give the cache more memory")
+        self.block_manager = BlockManager(n_blocks, block_size, enable_prefix_caching)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or cfg.eos_token_id
+        self.eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, max_model_len,
+                                   self.eos_token_id)
+        self.device = self.runner.device
+
+    @property
+    def num_kvcache_blocks(self) -> int:
+        return self.runner.num_kvcache_blocks
+
+    # -- public API ------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[list[int]]:
+        """Generated token ids per prompt, in input order. progress(n) is called as n requests finish."""
+        params = sampling_params or SamplingParams()
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise EngineError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+        for i, p in enumerate(prompts):
+            self._check_request(i, p)
+        seqs = [Sequence(p, sp, self.block_size) for p, sp in zip(prompts, params)]
+        seeds = [sp.seed for sp in params if sp.seed is not None]
+        generator = None
+        if seeds:
+            generator = torch.Generator(device=self.device).manual_seed(seeds[0])
+        temps = {s.seq_id: s.params.temperature for s in seqs}
+        top_ps = {s.seq_id: s.params.top_p for s in seqs}
+        for s in seqs:
+            self.scheduler.add(s)
+        while not self.scheduler.is_finished():
+            batch, is_prefill = self.scheduler.schedule()
+            if is_prefill:
+                hidden = self.runner.prefill(batch, [[len(s) - 1] for s in batch])
+                logits = self.model.lm_head(hidden)
+            else:
+                logits = self.runner.decode(batch)
+            t = torch.tensor([temps[s.seq_id] for s in batch], device=self.device)
+            tp = torch.tensor([top_ps[s.seq_id] for s in batch], device=self.device)
+            tokens = sample(logits, t, tp, generator).tolist()
+            finished = self.scheduler.postprocess(batch, tokens)
+            if progress is not None and finished:
+                progress(len(finished))
+        return [s.completion_token_ids for s in seqs]
+
+    def score(self, seqs: list[list[int]], start: list[int],
+              progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """float32 log p(seq[t] | seq[:t]) for t in [start_i, len_i), one tensor per sequence (model device)."""
+        def logprobs(seq: Sequence, hidden: torch.Tensor) -> torch.Tensor:
+            targets = torch.tensor(seq.token_ids[seq.score_from:], device=hidden.device)
+            out = [self._logits(h).log_softmax(-1).gather(-1, t[:, None]).squeeze(-1)
+                   for h, t in zip(hidden[:-1].split(LM_HEAD_CHUNK), targets.split(LM_HEAD_CHUNK))]
+            return torch.cat(out) if out else torch.empty(0, device=hidden.device)
+        return self._prefill_only(seqs, start, logprobs, progress=progress)
+
+    def next_token_logits(self, seqs: list[list[int]], start: list[int],
+                          progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """float32 (len_i - start_i + 1, vocab) logits after each prefix seq[:t], t = start_i .. len_i."""
+        def logits(seq: Sequence, hidden: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self._logits(h) for h in hidden.split(LM_HEAD_CHUNK)])
+        return self._prefill_only(seqs, start, logits, progress=progress)
+
+    # -- internals -------------------------------------------------------
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def _prefill_only(self, token_seqs, start, reduce, progress) -> list[torch.Tensor]:
+        if len(start) != len(token_seqs):
+            raise EngineError(f"got {len(start)} start positions for {len(token_seqs)} sequences")
+        seqs = []
+        for i, (toks, st) in enumerate(zip(token_seqs, start)):
+            self._check_request(i, toks)
+            if not 1 <= st <= len(toks):
+                raise EngineError(f"request {i}: start {st} must be in [1, {len(toks)}]")
+            seqs.append(Sequence(toks, SamplingParams(), self.block_size, score_from=st))
+        results: dict[int, torch.Tensor] = {}
+        for s in seqs:
+            self.scheduler.add(s)
+        while not self.scheduler.is_finished():
+            batch, is_prefill = self.scheduler.schedule()
+            assert is_prefill, "scoring sequences never decode"
+            hidden = self.runner.prefill(batch, [list(range(s.score_from - 1, len(s))) for s in batch])
+            for s, h in zip(batch, hidden.split([len(s) - s.score_from + 1 for s in batch])):
+                results[s.seq_id] = reduce(s, h)
+                self.scheduler.finish(s)
+            if progress is not None:
+                progress(len(batch))
+        return [results[s.seq_id] for s in seqs]
+
+    def _check_request(self, i: int, token_ids: list[int]) -> None:
+        if len(token_ids) == 0:
+            raise EngineError(f"request {i} is empty")
+        if len(token_ids) > self.max_model_len:
+            raise EngineError(f"request {i} has {len(token_ids)} tokens > max_model_len ({self.max_model_len})")

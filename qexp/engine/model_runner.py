@@ -1,0 +1,252 @@
+"""Runs transformers' Qwen3ForCausalLM over packed varlen batches with a paged KV cache.
+
+Why drive the decoder layers here rather than plug into AttentionInterface: HF's Qwen3Model.forward is shaped
+(batch, seq) and builds masks and a Cache object per call, while the engine feeds one packed token stream
+(prefill: many prompts without padding; decode: one token per sequence) whose attention reads a paged cache through
+block tables. An attention-interface hook would still pay for the (B, T) reshapes, mask construction and cache
+plumbing on every step, and those Python-side allocations are hostile to CUDA-graph capture. So this module walks
+`model.model.layers` itself and calls every HF submodule that carries weights (embed_tokens, q/k/v/o_proj,
+q_norm/k_norm, input/post_attention_layernorm, the MLP's gate/up/down_proj, norm, lm_head) as module(x), which keeps
+TorchAO-quantized linears working unchanged; only attention and the rotary embedding (a table built from the
+model's own rotary inv_freq exactly as HF computes it) are ours. On CPU the norms and MLP are the HF modules
+themselves (bit-for-bit HF numerics); on CUDA they are fused Triton kernels fed the same norm weights, and decode
+steps are replayed from CUDA graphs captured per batch-size bucket.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qexp.engine.attention import AttentionMetadata, paged_attention_reference, store_kv_reference
+from qexp.engine.sequence import Sequence
+
+CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
+
+
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    """Decode batch sizes that get their own CUDA graph; a batch runs in the smallest bucket that holds it."""
+    sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
+    return sorted({s for s in sizes if s < max_num_seqs} | {max_num_seqs})
+
+
+class ModelRunner:
+    def __init__(self, model, *, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, gpu_memory_utilization: float, enforce_eager: bool,
+                 num_kvcache_blocks: int | None, use_triton: bool | None = None) -> None:
+        self.model = model
+        cfg = model.config
+        self.layers = model.model.layers
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scale = self.head_dim ** -0.5
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.max_blocks_per_seq = math.ceil(max_model_len / block_size)
+        embed = model.model.embed_tokens.weight
+        self.device, self.dtype = embed.device, embed.dtype
+        self.on_cuda = self.device.type == "cuda"
+        self.use_triton = self.on_cuda if use_triton is None else use_triton
+        if self.use_triton:
+            from qexp.engine import kernels
+            self.kernels = kernels
+        self._build_rope_table(model.model.rotary_emb, max_model_len)
+
+        if num_kvcache_blocks is None:
+            num_kvcache_blocks = (self._blocks_from_free_memory(max_num_batched_tokens, gpu_memory_utilization)
+                                  if self.on_cuda else self._cpu_default_blocks(max_num_seqs))
+        self.num_kvcache_blocks = num_kvcache_blocks
+        self.k_cache, self.v_cache = self._alloc_cache(num_kvcache_blocks)
+
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.use_graphs = self.on_cuda and not enforce_eager
+        self.graph_pool = None
+        # one packed int32 host buffer and its device twin feed each decode step with a single copy
+        nb = self.max_blocks_per_seq
+        self._host = torch.zeros(max_num_seqs * (4 + nb), dtype=torch.int32, pin_memory=self.on_cuda)
+        self._dev = torch.zeros_like(self._host, device=self.device)
+
+    # -- setup -----------------------------------------------------------
+    def _build_rope_table(self, rotary, n: int) -> None:
+        # exactly HF Qwen3RotaryEmbedding.forward: float32 angles, cos/sin times attention_scaling, cast to dtype
+        inv_freq = rotary.inv_freq.to(device=self.device, dtype=torch.float32)
+        freqs = torch.arange(n, device=self.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        scaling = getattr(rotary, "attention_scaling", 1.0)
+        self.cos = (emb.cos() * scaling).to(self.dtype)
+        self.sin = (emb.sin() * scaling).to(self.dtype)
+
+    def _block_bytes(self) -> int:
+        return (2 * len(self.layers) * self.block_size * self.num_kv_heads * self.head_dim
+                * torch.empty((), dtype=self.dtype).element_size())
+
+    def _alloc_cache(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (len(self.layers), num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        return (torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    def _cpu_default_blocks(self, max_num_seqs: int) -> int:
+        return max(1, min(CPU_KV_CACHE_BYTES // self._block_bytes(), max_num_seqs * self.max_blocks_per_seq))
+
+    @torch.inference_mode()
+    def _blocks_from_free_memory(self, max_num_batched_tokens: int, utilization: float) -> int:
+        """Blocks that fit in utilization * total GPU memory after the weights and the activation peak of one
+        full prefill batch (measured by running it)."""
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        lens = []
+        left = max_num_batched_tokens
+        while left > 0 and len(lens) < self.max_num_seqs:
+            lens.append(min(left, self.max_model_len))
+            left -= lens[-1]
+        tmp_blocks = sum(math.ceil(n / self.block_size) for n in lens)
+        self.k_cache, self.v_cache = self._alloc_cache(tmp_blocks)
+        seqs, nxt = [], 0
+        for n in lens:
+            s = Sequence([0] * n, None, self.block_size)  # type: ignore[arg-type]
+            s.block_table = list(range(nxt, nxt + s.num_blocks))
+            nxt += s.num_blocks
+            seqs.append(s)
+        self.prefill(seqs, [[n - 1] for n in lens])
+        torch.cuda.synchronize()
+        stats = torch.cuda.memory_stats()
+        activation_peak = stats["allocated_bytes.all.peak"] - stats["allocated_bytes.all.current"]
+        del self.k_cache, self.v_cache
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        budget = total * utilization - (total - free) - activation_peak
+        num_blocks = int(budget // self._block_bytes())
+        if num_blocks < 1:
+            raise RuntimeError(f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}")
+        return num_blocks
+
+    # -- the model -------------------------------------------------------
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Hidden states after the final norm, (T, hidden), for a packed batch of new tokens."""
+        T, H, KV, D = input_ids.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        h = self.model.model.embed_tokens(input_ids)
+        cos, sin = self.cos[positions], self.sin[positions]
+        residual = None
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            if self.use_triton:
+                x, residual = self.kernels.rms_norm(h, layer.input_layernorm, residual)
+            else:
+                residual = h
+                x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(T, H, D)
+            k = attn.k_proj(x).view(T, KV, D)
+            v = attn.v_proj(x).view(T, KV, D)
+            if self.use_triton:
+                q, k = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin)
+                self.kernels.store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
+                o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
+            else:
+                q, k = _rope(attn.q_norm(q), attn.k_norm(k), cos, sin)
+                store_kv_reference(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
+                o = paged_attention_reference(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
+            h = attn.o_proj(o.view(T, H * D))
+            mlp = layer.mlp
+            if self.use_triton:
+                x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual)
+                h = mlp.down_proj(self.kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            else:
+                h = residual + h
+                residual = h
+                h = residual + mlp(layer.post_attention_layernorm(h))
+                residual = None
+        if self.use_triton:
+            return self.kernels.rms_norm(h, self.model.model.norm, residual)[0]
+        return self.model.model.norm(h)
+
+    # -- steps -----------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence], out_positions: list[list[int]]) -> torch.Tensor:
+        """Packed prefill of each sequence's uncached tokens; hidden states at `out_positions` (absolute
+        positions per sequence, all >= its num_cached_tokens), concatenated in order."""
+        ids, pos, slots, cu, rows = [], [], [], [0], []
+        for s, outs in zip(seqs, out_positions):
+            start = s.num_cached_tokens
+            ids.extend(s.token_ids[start:])
+            pos.extend(range(start, len(s)))
+            for p in range(start, len(s)):
+                slots.append(s.block_table[p // self.block_size] * self.block_size + p % self.block_size)
+            rows.extend(cu[-1] + p - start for p in outs)
+            cu.append(cu[-1] + len(s) - start)
+        meta = AttentionMetadata(
+            is_prefill=True,
+            slot_mapping=self._to_dev(slots),
+            block_tables=self._to_dev(self._block_table_rows(seqs)),
+            context_lens=self._to_dev([len(s) for s in seqs]),
+            cu_seqlens_q=self._to_dev(cu),
+            max_seqlen_q=max(len(s) - s.num_cached_tokens for s in seqs),
+            max_context_len=max(len(s) for s in seqs))
+        hidden = self._forward(self._to_dev(ids), self._to_dev(pos), meta)
+        return hidden[self._to_dev(rows, torch.int64)]
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One decode step (last token of each sequence); logits (B, vocab)."""
+        bs = len(seqs)
+        bucket = next(b for b in graph_buckets(self.max_num_seqs) if b >= bs) if self.use_graphs else bs
+        ids, pos, slots, ctx, tables = self._decode_views(self._host, bucket)
+        ids.zero_(), pos.zero_(), ctx.zero_()
+        slots.fill_(-1)
+        for j, s in enumerate(seqs):
+            p = len(s) - 1
+            ids[j], pos[j], ctx[j] = s.token_ids[-1], p, len(s)
+            slots[j] = s.block_table[p // self.block_size] * self.block_size + p % self.block_size
+            tables[j, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+        self._dev.copy_(self._host, non_blocking=True)
+        if self.use_graphs:
+            if bucket not in self.graphs:
+                self.graphs[bucket] = self._capture(bucket)
+            graph, logits = self.graphs[bucket]
+            graph.replay()
+            return logits[:bs]
+        return self._decode_step(bucket)
+
+    def _decode_step(self, bs: int) -> torch.Tensor:
+        ids, pos, slots, ctx, tables = self._decode_views(self._dev, bs)
+        meta = AttentionMetadata(is_prefill=False, slot_mapping=slots, block_tables=tables, context_lens=ctx,
+                                 cu_seqlens_q=torch.arange(bs + 1, dtype=torch.int32, device=self.device),
+                                 max_seqlen_q=1, max_context_len=self.max_model_len)
+        return self.model.lm_head(self._forward(ids, pos, meta))
+
+    def _capture(self, bs: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        self._decode_step(bs)  # warm-up outside the graph (Triton compilation, cuBLAS handles)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        if self.graph_pool is None:
+            self.graph_pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.graph_pool):
+            logits = self._decode_step(bs)
+        torch.cuda.synchronize()
+        return graph, logits
+
+    def _decode_views(self, buf: torch.Tensor, bs: int):
+        m, nb = self.max_num_seqs, self.max_blocks_per_seq
+        tables = buf[4 * m:].view(m, nb)[:bs]
+        return buf[:bs], buf[m:m + bs], buf[2 * m:2 * m + bs], buf[3 * m:3 * m + bs], tables
+
+    def _block_table_rows(self, seqs: list[Sequence]) -> list[list[int]]:
+        width = max(len(s.block_table) for s in seqs)
+        return [s.block_table + [-1] * (width - len(s.block_table)) for s in seqs]
+
+    def _to_dev(self, values, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+        t = torch.tensor(values, dtype=dtype, pin_memory=self.on_cuda)
+        return t.to(self.device, non_blocking=True)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """HF apply_rotary_pos_emb on (T, heads, D) with cos/sin (T, D)."""
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

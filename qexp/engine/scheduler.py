@@ -1,0 +1,92 @@
+"""Continuous batching: each step is either one packed prefill of waiting sequences or one decode step of all
+running ones. When the cache runs out during decode, the most recently admitted sequence is preempted: its blocks
+are freed and it goes back to the front of the queue to be recomputed (prompt + tokens generated so far)."""
+from __future__ import annotations
+
+from collections import deque
+
+from qexp.engine.block_manager import BlockManager
+from qexp.engine.sequence import Sequence, Status
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, eos_token_id: int | None) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.eos_token_id = eos_token_id
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def is_finished(self) -> bool:
+        return not self.waiting and not self.running
+
+    def schedule(self) -> tuple[list[Sequence], bool]:
+        """The sequences of the next step and whether it is a prefill."""
+        scheduled: list[Sequence] = []
+        num_tokens = 0
+        while self.waiting and len(scheduled) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq, max_cached_tokens=first_output_position(seq))
+            num_tokens += len(seq) - seq.num_cached_tokens
+            seq.status = Status.RUNNING
+            self.waiting.popleft()
+            self.running.append(seq)
+            scheduled.append(seq)
+        if scheduled:
+            return scheduled, True
+        if not self.running:
+            raise RuntimeError("the KV cache cannot hold the next waiting sequence even with nothing running")
+
+        while self.running and len(scheduled) < self.max_num_seqs:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self.preempt(self.running.pop())
+                else:
+                    self.preempt(seq)
+                    break
+            else:
+                self.block_manager.may_append(seq)
+                scheduled.append(seq)
+        if not scheduled:
+            raise RuntimeError("the KV cache cannot hold a single running sequence; raise its size")
+        self.running.extendleft(reversed(scheduled))
+        return scheduled, False
+
+    def preempt(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.block_manager.deallocate(seq)
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        seq.status = Status.FINISHED
+        self.block_manager.deallocate(seq)
+        self.running.remove(seq)
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+        """Append each sampled token; finish sequences at EOS, max_tokens or max_model_len. Returns the finished."""
+        finished = []
+        for seq, tok in zip(seqs, token_ids):
+            seq.append_token(tok)
+            p = seq.params
+            if ((not p.ignore_eos and tok == self.eos_token_id) or seq.num_completion_tokens >= p.max_tokens
+                    or len(seq) >= self.max_model_len):
+                self.finish(seq)
+                finished.append(seq)
+        return finished
+
+
+def first_output_position(seq: Sequence) -> int:
+    """First position whose hidden state the step must produce: the last one when generating, score_from-1 when
+    scoring. Prefix-cached tokens must stop before it."""
+    return len(seq) - 1 if seq.score_from is None else seq.score_from - 1
