@@ -70,9 +70,10 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 128, 128, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3)]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
-    if "group" in kind_:  # a K tile must fit in one group; smaller tiles are what the kernel would clamp to anyway
+    if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
-        out = [c for c in out if c["BLOCK_K"] <= gs] or out
+        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} for c in out]
+        out = [c for i, c in enumerate(out) if c not in out[:i]]
     return out
 
 

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# runtime ints that vary between recipes/shapes are not specialised, so one compiled kernel serves them all
+@triton.jit(do_not_specialize=["M", "stride_wsn", "stride_wsg", "group_size", "tiles_per_split"])
 def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 M, N, K, stride_xm, stride_wn, stride_om, stride_wsn, stride_wsg, group_size, tiles_per_split,
                 A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -89,9 +90,9 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
 
 def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
         x_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        out_dtype: torch.dtype = torch.bfloat16, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) contiguous rows; w_q (N, K) contiguous; w_scale float32 (1,) | (N,) | (N, K // group_size);
-    x_scale float32 (M, 1) when x is quantized (W8A8). Returns (M, N) in out_dtype."""
+    x_scale float32 (M, 1) when x is quantized (W8A8). Returns (M, N) in out_dtype, written into `out` if given."""
     m, k = x.shape
     n = w_q.shape[0]
     grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
@@ -107,9 +108,10 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     if grouped:
         block_k = min(block_k, group_size)  # a K tile must not straddle two groups
     split_k = math.gcd(cfg["SPLIT_K"], triton.cdiv(k, block_k))
+    final = out
     if split_k > 1:
         out = torch.zeros((m, n), device=x.device, dtype=torch.float32)
-    else:
+    elif out is None:
         out = torch.empty((m, n), device=x.device, dtype=out_dtype)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split_k)
     _qmm_kernel[grid](
@@ -121,4 +123,6 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
         EVEN_K=k % block_k == 0, SPLIT_K=split_k,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out if split_k == 1 else out.to(out_dtype)
+    if split_k == 1:
+        return out
+    return out.to(out_dtype) if final is None else final.copy_(out)

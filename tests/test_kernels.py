@@ -1,0 +1,205 @@
+"""qexp.kernels: the plain-torch reference against hand-computed values (CPU), and every fused CUDA kernel against
+the reference on fresh random inputs with poisoned outputs (GPU, marked)."""
+import math
+
+import pytest
+import torch
+
+from qexp import kernels
+from qexp.kernels import configs, reference
+from qexp.quant import qdq
+
+F8 = torch.float8_e4m3fn
+
+
+# ---------------------------------------------------------------- reference (CPU), hand-computed
+
+
+def test_dequantize_weight_by_hand():
+    w_q = torch.tensor([[1, -2, 3, 4], [5, 6, -7, 8]], dtype=torch.int8)
+    tensor = reference.dequantize_weight(w_q, torch.tensor([0.5]), out_dtype=torch.float32)
+    assert tensor.tolist() == [[0.5, -1.0, 1.5, 2.0], [2.5, 3.0, -3.5, 4.0]]
+    row = reference.dequantize_weight(w_q, torch.tensor([0.5, 2.0]), out_dtype=torch.float32)
+    assert row.tolist() == [[0.5, -1.0, 1.5, 2.0], [10.0, 12.0, -14.0, 16.0]]
+    group = reference.dequantize_weight(w_q, torch.tensor([[1.0, 0.25], [2.0, 0.5]]), group_size=2,
+                                        out_dtype=torch.float32)
+    assert group.tolist() == [[1.0, -2.0, 0.75, 1.0], [10.0, 12.0, -3.5, 4.0]]
+
+
+def test_weight_only_linear_is_dequantize_then_matmul():
+    x = torch.tensor([[1.0, 2.0, -1.0, 0.5]])
+    w_q = torch.tensor([[1, -2, 3, 4], [5, 6, -7, 8]], dtype=torch.int8)
+    scale = torch.tensor([[1.0, 0.25], [2.0, 0.5]])
+    bias = torch.tensor([0.5, -1.0])
+    # rows of the dequantized weight: [1, -2, .75, 1] and [10, 12, -3.5, 4]
+    expected = [[1 - 4 - 0.75 + 0.5 + 0.5, 10 + 24 + 3.5 + 2 - 1.0]]
+    out = reference.quantized_linear(x, w_q, scale, group_size=2, bias=bias)
+    assert out.tolist() == expected
+
+
+def test_w8a8_per_token_quantization_by_hand():
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    q, s = reference.quantize_activation(x, "int8")
+    # amax 2 -> scale 2/127; x/scale = 63.5 (ties to even: 64), -127, 31.75 -> 32; an all-zero row stays 0
+    assert q.tolist() == [[64, -127, 32], [0, 0, 0]]
+    assert s[0, 0].item() == pytest.approx(2 / 127, rel=1e-7)
+    w_q = torch.tensor([[1, 2, 3], [-4, 5, 6]], dtype=torch.int8)
+    w_s = torch.tensor([0.1, 0.2])
+    out = reference.quantized_linear(x, w_q, w_s, act_dtype="int8")
+    dot = [64 * 1 - 127 * 2 + 32 * 3, 64 * -4 - 127 * 5 + 32 * 6]
+    assert out[0].tolist() == pytest.approx([dot[0] * (2 / 127) * 0.1, dot[1] * (2 / 127) * 0.2], rel=1e-6)
+    assert out[1].tolist() == [0.0, 0.0]
+
+
+def test_pre_scale_multiplies_x_first_in_both_modes():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 32, generator=gen)
+    p = torch.rand(32, generator=gen) + 0.5
+    w_q, w_s = qdq.quantize(torch.randn(8, 32, generator=gen), "int8", "row")
+    for act in (None, "int8"):
+        got = reference.quantized_linear(x, w_q, w_s, act_dtype=act, pre_scale=p)
+        assert torch.equal(got, reference.quantized_linear(x * p, w_q, w_s, act_dtype=act))
+
+
+def test_cpu_dispatch_is_the_reference():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 64, generator=gen).bfloat16()
+    w_q, w_s = qdq.quantize(torch.randn(16, 64, generator=gen), "fp8", "group", 32)
+    w_s = w_s.reshape(16, 2)
+    assert torch.equal(kernels.quantized_linear(x, w_q, w_s, group_size=32),
+                       reference.quantized_linear(x, w_q, w_s, group_size=32))
+
+
+def test_config_lookup_and_candidates():
+    assert [configs.m_bucket(m) for m in (1, 2, 16, 17, 300, 5000)] == [1, 16, 16, 64, 1024, 4096]
+    assert configs.kind(torch.int8, None, 64) == "w8a16-int8-group64"
+    assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
+    for m in configs.M_BUCKETS:
+        assert all(c["BLOCK_K"] <= 64 for c in configs.candidates("w8a16-fp8-group64", m))
+        assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "scaled_mm")
+
+
+# ---------------------------------------------------------------- fused kernels (GPU)
+
+RECIPES = [("int8", "tensor", None), ("int8", "row", None), ("int8", "group", 64), ("int8", "group", 128),
+           ("int8", "group", 256), ("int8", "group", 512), ("fp8", "tensor", None), ("fp8", "row", None),
+           ("fp8", "group", 64), ("fp8", "group", 128), ("fp8", "group", 256), ("fp8", "group", 512)]
+TOL = 1e-2  # ||out - ref|| / ||ref||; bf16 rounding of the output and of the reference's dequantized weight
+
+
+def _quantized(n, k, dtype, gran, gs, gen):
+    w = torch.randn(n, k, device="cuda", generator=gen) / math.sqrt(k)
+    q, s = qdq.quantize(w, dtype, gran, gs)
+    s = s.reshape({"tensor": (1,), "row": (n,), "group": (n, k // gs if gs else 1)}[gran]).contiguous()
+    return q.contiguous(), s
+
+
+def _rel(out, ref):
+    assert torch.isfinite(out).all(), "unwritten (poisoned) or non-finite outputs"
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+@pytest.mark.parametrize("m", [1, 7, 16, 33, 300])
+def test_weight_only_matches_reference(dtype, gran, gs, m):
+    from qexp.kernels.triton_qmm import qmm
+    gen = torch.Generator(device="cuda").manual_seed(m * 31 + len(RECIPES))
+    n, k = 1040, 1024  # N not a multiple of any tile: edge tiles are masked
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    cfg = configs.config_for(configs.kind(q.dtype, None, gs), n, k, m, x.device)
+    qmm(x, q, s, cfg, group_size=gs, out=out)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+def test_cuda_dispatch_takes_the_fused_path(monkeypatch):
+    from qexp.kernels import fused
+    calls = []
+    real = fused.quantized_linear
+    monkeypatch.setattr(fused, "quantized_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q, s = _quantized(256, 512, "int8", "group", 128, gen)
+    x = torch.randn(2, 3, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
+    out = kernels.quantized_linear(x, q, s, group_size=128)
+    assert calls and out.shape == (2, 3, 256)
+    assert _rel(out, reference.quantized_linear(x, q, s, group_size=128)) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._triton(16, 16, 128, split_k=4), configs._triton(32, 16, 256, split_k=2),
+                                 configs._triton(128, 64, 64), configs._triton(128, 128, 64, warps=8)])
+@pytest.mark.parametrize("dtype,gran,gs", [("int8", "group", 128), ("fp8", "row", None)])
+def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
+    from qexp.kernels.triton_qmm import qmm
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    n, k, m = 528, 2048, 5
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]  # offset view
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    qmm(x, q, s, cfg, group_size=gs, bias=bias, out=out)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+def test_activation_quant_is_bit_exact(act):
+    from qexp.kernels.triton_act_quant import quantize_activation
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(37, 6144, device="cuda", generator=gen, dtype=torch.bfloat16) * 3
+    x[5] = 0  # an all-zero token
+    p = torch.rand(6144, device="cuda", generator=gen) + 0.5
+    q, s = quantize_activation(x, act, p)
+    rq, rs = reference.quantize_activation((x.float() * p).to(x.dtype), act)
+    assert torch.equal(s, rs)
+    assert torch.equal(q.view(torch.int8), rq.view(torch.int8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+@pytest.mark.parametrize("m", [1, 16, 33, 300, 1024])
+def test_w8a8_matches_reference(act, m):
+    gen = torch.Generator(device="cuda").manual_seed(m + (act == "fp8"))
+    n, k = 1024, 2048
+    q, s = _quantized(n, k, act, "row", None, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    p = torch.rand(k, device="cuda", generator=gen) + 0.5
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)  # freed block of NaNs for outputs to reuse
+    out = kernels.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
+    assert _rel(out, ref) < TOL
+    for cfg in configs.candidates(f"w8a8-{act}", m)[:2]:
+        from qexp.kernels import fused
+        alt = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
+        assert _rel(alt, ref) < TOL
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_replays_with_new_inputs():
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    layers = [_quantized(2048, 2048, "int8", "group", 128, gen) + (128, None),
+              _quantized(2048, 2048, "fp8", "row", None, gen) + (None, "fp8"),
+              _quantized(2048, 2048, "int8", "row", None, gen) + (None, "int8")]
+    static_x = torch.randn(4, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+
+    def forward(x):
+        for q, s, gs, act in layers:
+            x = kernels.quantized_linear(x, q, s, group_size=gs, act_dtype=act)
+            x = x / x.float().norm(dim=-1, keepdim=True).to(x.dtype) * 45
+        return x
+
+    forward(static_x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward(static_x)
+    fresh = torch.randn(4, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+    static_x.copy_(fresh)
+    graph.replay()
+    assert _rel(static_out, forward(fresh)) < 1e-3  # split-K atomics may add in another order
