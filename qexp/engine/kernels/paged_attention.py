@@ -1,0 +1,190 @@
+"""Triton kernels for the paged KV cache: store new K/V into their slots, varlen causal prefill attention and
+split-KV decode attention, both reading K/V through block tables (GQA: a kv head serves H/KV query heads).
+
+Cache layout (num_blocks, block_size, KV, D): position p of a sequence lives at slot
+block_table[p // block_size] * block_size + p % block_size, so any block_size works; a tile of keys looks its
+slots up per key.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, ROW: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:  # padded decode rows carry slot -1
+        offs = tl.arange(0, ROW)
+        tl.store(k_cache + slot * ROW + offs, tl.load(k_ptr + t * ROW + offs))
+        tl.store(v_cache + slot * ROW + offs, tl.load(v_ptr + t * ROW + offs))
+
+
+def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """k, v (T, KV, D) -> caches (num_blocks, block_size, KV, D) at slot_mapping (T,) (slots < 0 skipped)."""
+    T, KV, D = k.shape
+    _store_kv_kernel[(T,)](k.contiguous(), v.contiguous(), k_cache, v_cache, slot_mapping, ROW=KV * D,
+                           num_warps=4)
+
+
+@triton.jit
+def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, bt_stride, scale,
+                    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    mblk = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    kvh = h // (H // KV)
+    q_start = tl.load(cu_q_ptr + b)
+    n_q = tl.load(cu_q_ptr + b + 1) - q_start
+    if mblk * BLOCK_M >= n_q:
+        return
+    ctx = tl.load(ctx_ptr + b)
+    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q_pos = ctx - n_q + offs_m  # absolute positions of these query rows
+    m_mask = offs_m < n_q
+    q_rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + (q_rows[:, None] * H + h) * D + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x * log2 e)
+    end = tl.minimum(ctx, ctx - n_q + (mblk + 1) * BLOCK_M)
+    for n0 in range(0, end, BLOCK_N):
+        k_pos = n0 + tl.arange(0, BLOCK_N)
+        k_mask = k_pos < end
+        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
+        slot = page * BLOCK_SIZE + k_pos % BLOCK_SIZE
+        kv_off = (slot[:, None] * KV + kvh) * D + offs_d[None, :]
+        k = tl.load(k_cache + kv_off, mask=k_mask[:, None], other=0.0)
+        v = tl.load(v_cache + kv_off, mask=k_mask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where((k_pos[None, :] <= q_pos[:, None]) & k_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + (q_rows[:, None] * H + h) * D + offs_d[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=m_mask[:, None])
+
+
+@triton.jit
+def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr, bt_ptr, bt_stride, scale,
+                   H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    GROUP: tl.constexpr = H // KV
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_d = tl.arange(0, D)
+    g_mask = offs_g < GROUP
+    heads = kvh * GROUP + offs_g
+    q = tl.load(q_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :], mask=g_mask[:, None],
+                other=0.0)
+    ctx = tl.load(ctx_ptr + b)
+    chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * chunk
+    hi = tl.minimum(ctx, lo + chunk)
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D], tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    for n0 in range(lo, hi, BLOCK_N):
+        k_pos = n0 + tl.arange(0, BLOCK_N)
+        k_mask = k_pos < hi
+        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
+        slot = page * BLOCK_SIZE + k_pos % BLOCK_SIZE
+        kv_off = (slot[:, None] * KV + kvh) * D + offs_d[None, :]
+        k = tl.load(k_cache + kv_off, mask=k_mask[:, None], other=0.0)
+        v = tl.load(v_cache + kv_off, mask=k_mask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(k_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    if SPLITS == 1:
+        acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+    else:
+        row = (b.to(tl.int64) * H + heads) * SPLITS + split  # partials (B, H, SPLITS, ...)
+        tl.store(part_acc + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
+        tl.store(part_ml + row * 2, m_i, mask=g_mask)
+        tl.store(part_ml + row * 2 + 1, l_i, mask=g_mask)
+
+
+@triton.jit
+def _decode_combine_kernel(part_acc, part_ml, out_ptr, D: tl.constexpr, SPLITS: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)  # one (sequence, head) row
+    offs_s = tl.arange(0, SPLITS)
+    offs_d = tl.arange(0, D)
+    m = tl.load(part_ml + (bh * SPLITS + offs_s) * 2)
+    l = tl.load(part_ml + (bh * SPLITS + offs_s) * 2 + 1)
+    m_max = tl.max(m, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # empty splits have m = -inf, weight 0
+    acc = tl.load(part_acc + (bh * SPLITS + offs_s)[:, None] * D + offs_d[None, :])
+    total = tl.sum(l * w, axis=0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + bh * D + offs_d, o.to(out_ptr.dtype.element_ty))
+
+
+def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, max_seqlen_q: int,
+                      scale: float) -> torch.Tensor:
+    """q (T, H, D) packed new tokens -> (T, H, D); causal over each sequence's cached + new keys."""
+    T, H, D = q.shape
+    B = context_lens.shape[0]
+    KV, block_size = k_cache.shape[2], k_cache.shape[1]
+    out = torch.empty_like(q)
+    BLOCK_M, BLOCK_N = 128, 64
+    grid = (triton.cdiv(max_seqlen_q, BLOCK_M), B, H)
+    _prefill_kernel[grid](q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
+                          block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
+                          BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=8, num_stages=3)
+    return out
+
+
+@cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def decode_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
+    """Split each sequence's context across programs until the grid covers the GPU about twice."""
+    splits = 1
+    while batch * num_kv_heads * splits < 2 * num_sms and splits < 16:
+        splits *= 2
+    return splits
+
+
+def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: float,
+                     splits: int | None = None) -> torch.Tensor:
+    """q (B, H, D), one new token per sequence -> (B, H, D) over its whole context (flash-decoding)."""
+    B, H, D = q.shape
+    KV, block_size = k_cache.shape[2], k_cache.shape[1]
+    if splits is None:
+        splits = decode_splits(B, KV, _num_sms(q.device))
+    out = torch.empty_like(q)
+    part_acc = torch.empty((B, H, splits, D), dtype=torch.float32, device=q.device) if splits > 1 else out
+    part_ml = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device) if splits > 1 else out
+    group_pad = max(16, triton.next_power_of_2(H // KV))
+    _decode_kernel[(B, KV, splits)](q, k_cache, v_cache, out, part_acc, part_ml, context_lens, block_tables,
+                                    block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
+                                    GROUP_PAD=group_pad, BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
+    if splits > 1:
+        _decode_combine_kernel[(B * H,)](part_acc, part_ml, out, D=D, SPLITS=splits, num_warps=4)
+    return out
