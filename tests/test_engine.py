@@ -155,3 +155,16 @@ def test_bad_requests_are_rejected_with_clear_errors(model_fp32):
         _engine(model_fp32, max_model_len=128, max_num_batched_tokens=64)
     with pytest.raises(EngineError, match="KV cache holds"):
         _engine(model_fp32, num_kvcache_blocks=2, max_model_len=64, max_num_batched_tokens=64)
+
+
+def test_torchao_quantized_model_matches_its_hf_forward(tiny_model_dir, prompts):
+    """Real int8 row-wise weights (qexp.quant, TorchAO subclass): the engine calls the quantized linears."""
+    from qexp.config import RunConfig
+    from qexp.quant.apply import quantize_model
+    m = _sharpened(load_model(str(tiny_model_dir), "dummy", "cpu", 0))
+    cfg = RunConfig(model=str(tiny_model_dir), load_format="dummy", dtype="int8", quant="row", mode="real")
+    assert quantize_model(m, cfg.validate()).quantized == 14
+    got = _engine(m).score(prompts, [1] * len(prompts))
+    for seq, g in zip(prompts, got):
+        ref = _hf_logits(m, seq).log_softmax(-1)[:-1].gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1)
+        torch.testing.assert_close(g, ref, atol=0.05, rtol=0.01)

@@ -15,6 +15,7 @@ steps are replayed from CUDA graphs captured per batch-size bucket.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -201,13 +202,17 @@ class ModelRunner:
             slots[j] = s.block_table[p // self.block_size] * self.block_size + p % self.block_size
             tables[j, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
         self._dev.copy_(self._host, non_blocking=True)
-        if self.use_graphs:
-            if bucket not in self.graphs:
+        if self.use_graphs and bucket not in self.graphs:
+            try:
                 self.graphs[bucket] = self._capture(bucket)
+            except RuntimeError as e:  # e.g. a quantized linear that syncs with the host: stay correct, go eager
+                warnings.warn(f"CUDA-graph capture failed, decoding eagerly: {str(e).splitlines()[0]}")
+                self.use_graphs = False
+        if self.use_graphs:
             graph, logits = self.graphs[bucket]
             graph.replay()
             return logits[:bs]
-        return self._decode_step(bucket)
+        return self._decode_step(bucket)[:bs]
 
     def _decode_step(self, bs: int) -> torch.Tensor:
         ids, pos, slots, ctx, tables = self._decode_views(self._dev, bs)

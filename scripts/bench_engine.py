@@ -1,0 +1,166 @@
+"""Benchmark the paged-attention engine against HF eager generate (seed method), dummy Qwen3-1.7B weights.
+
+    python scripts/bench_engine.py --out benchmarks/engine.json [--recipes bf16,int8-row] [--profile DIR]
+
+Seed method: prefill = N distinct random prompts x 1000 tokens, max_tokens=1; decode = N one-token prompts x 1000
+generated tokens (ignore_eos); plus batch-1 decode. Warm-up runs first (Triton compile, CUDA-graph capture);
+timings are wall clock around synchronized calls, token counts are the tokens actually returned.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from qexp.engine import LLM, SamplingParams
+from qexp.models.loader import load_model
+
+VOCAB_LIMIT = 150000  # random prompt ids stay clear of the special tokens at the end of the vocab
+
+
+def _prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB_LIMIT, (n, length), generator=g).tolist()
+
+
+def _timed(fn, repeats: int = 1) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def bench_engine(llm: LLM, args, tag: str) -> dict:
+    res = {}
+    # prefill: max_tokens=1, each prompt yields exactly one sampled token after its prefill
+    _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 1), SamplingParams(max_tokens=1)))
+    t, out = _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 2),
+                                         SamplingParams(max_tokens=1)), args.repeats)
+    assert all(len(o) == 1 for o in out)
+    res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
+    res["prefill_time_s"] = t
+    # decode: N one-token prompts, gen_len tokens each (warm-up captures the batch's CUDA graph)
+    dec = SamplingParams(max_tokens=args.gen_len, ignore_eos=True)
+    _timed(lambda: llm.generate(_prompts(args.num_prompts, 1, 3), SamplingParams(max_tokens=8, ignore_eos=True)))
+    t, out = _timed(lambda: llm.generate(_prompts(args.num_prompts, 1, 4), dec))
+    n = sum(len(o) for o in out)
+    assert n == args.num_prompts * args.gen_len
+    res["decode_tok_s"], res["decode_time_s"], res["decode_tokens"] = n / t, t, n
+    # batch-1 decode
+    _timed(lambda: llm.generate(_prompts(1, 1, 5), SamplingParams(max_tokens=8, ignore_eos=True)))
+    t, out = _timed(lambda: llm.generate(_prompts(1, 1, 6), SamplingParams(max_tokens=args.bs1_len,
+                                                                           ignore_eos=True)), args.repeats)
+    res["bs1_decode_tok_s"] = len(out[0]) / t
+    res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    res["num_preemptions"] = llm.scheduler.num_preemptions
+    res["graph_buckets_captured"] = sorted(llm.runner.graphs)
+    print(f"[{tag}] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
+          f"bs1 {res['bs1_decode_tok_s']:.0f} tok/s", flush=True)
+    return res
+
+
+def bench_hf(model, args) -> dict:
+    res = {}
+    pad = model.config.eos_token_id
+
+    def gen(prompts, new):
+        ids = torch.tensor(prompts, device="cuda")
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                              do_sample=False, pad_token_id=pad)
+    with torch.inference_mode():
+        gen(_prompts(args.num_prompts, args.prompt_len, 1), 1)
+        t, _ = _timed(lambda: gen(_prompts(args.num_prompts, args.prompt_len, 2), 1))
+        res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
+        gen(_prompts(args.num_prompts, 1, 3), 4)
+        t, out = _timed(lambda: gen(_prompts(args.num_prompts, 1, 4), args.hf_gen_len))
+        res["decode_tok_s"] = args.num_prompts * (out.shape[1] - 1) / t
+        res["decode_tokens_per_seq"] = out.shape[1] - 1
+        t, out = _timed(lambda: gen(_prompts(1, 1, 6), args.hf_gen_len))
+        res["bs1_decode_tok_s"] = (out.shape[1] - 1) / t
+    print(f"[hf eager] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
+          f"bs1 {res['bs1_decode_tok_s']:.0f} tok/s", flush=True)
+    return res
+
+
+def profile(llm: LLM, out_dir: str) -> None:
+    """Where the time goes: one prefill batch and 32 decode steps at the benchmark's batch size."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        llm.generate(_prompts(16, 1000, 7), SamplingParams(max_tokens=1))
+        torch.cuda.synchronize()
+    table = p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p2:
+        llm.generate(_prompts(100, 500, 8), SamplingParams(max_tokens=32, ignore_eos=True))
+        torch.cuda.synchronize()
+    table2 = p2.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    with open(f"{out_dir}/engine_profile.txt", "w") as f:
+        f.write("== prefill 16 x 1000 ==\n" + table + "\n== 100 seqs x 500 ctx, 32 decode steps ==\n" + table2)
+    print(table2[:4000])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="configs/models/qwen3-1.7b")
+    ap.add_argument("--num-prompts", type=int, default=100)
+    ap.add_argument("--prompt-len", type=int, default=1000)
+    ap.add_argument("--gen-len", type=int, default=1000)
+    ap.add_argument("--bs1-len", type=int, default=1000)
+    ap.add_argument("--hf-gen-len", type=int, default=100, help="HF decode tokens per sequence (it is slow)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, ... (real mode)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
+    ap.add_argument("--out", default="benchmarks/engine.json")
+    args = ap.parse_args()
+
+    import torchao
+    import transformers
+    import triton
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "transformers": transformers.__version__, "torchao": torchao.__version__,
+              "python": platform.python_version(), "config": vars(args), "engine": {}, "hf_eager": None}
+    for recipe in args.recipes.split(","):
+        model = load_model(args.model, "dummy", "cuda", 0)
+        if recipe != "bf16":
+            from qexp.config import RunConfig
+            from qexp.quant.apply import quantize_model
+            dtype, quant = recipe.split("-")
+            try:
+                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real").validate())
+            except Exception as e:  # noqa: BLE001 - recorded, the other recipes still run
+                result["engine"][recipe] = {"error": f"{type(e).__name__}: {e}"}
+                print(f"[{recipe}] quantization failed: {e}", flush=True)
+                continue
+        elif not args.skip_hf:
+            result["hf_eager"] = bench_hf(model, args)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
+            init_s = time.perf_counter() - t0
+            res = bench_engine(llm, args, recipe) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks}
+            if args.profile and recipe == "bf16":
+                profile(llm, args.profile)
+        except Exception as e:  # noqa: BLE001
+            res = {"error": f"{type(e).__name__}: {e}"}
+            print(f"[{recipe}] engine failed: {e}", flush=True)
+        result["engine"][recipe] = res
+        del model
+        llm = None
+        torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
