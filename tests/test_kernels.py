@@ -76,7 +76,7 @@ def test_config_lookup_and_candidates():
     assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
     for m in configs.M_BUCKETS:
         assert all(c["BLOCK_K"] <= 64 for c in configs.candidates("w8a16-fp8-group64", m))
-        assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "scaled_mm")
+        assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
 
 
 # ---------------------------------------------------------------- fused kernels (GPU)
@@ -131,7 +131,11 @@ def test_cuda_dispatch_takes_the_fused_path(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs._triton(16, 16, 128, split_k=4), configs._triton(32, 16, 256, split_k=2),
-                                 configs._triton(128, 64, 64), configs._triton(128, 128, 64, warps=8)])
+                                 configs._triton(128, 64, 64), configs._triton(128, 128, 64, warps=8),
+                                 configs._triton(64, 64, 64, split_k=2, swap=False),
+                                 configs._triton(128, 128, 64, warps=8, swap=False),
+                                 configs._gemv(16, 1, 256), configs._gemv(8, 1, 512, split_k=4),
+                                 configs._gemv(16, 4, 128, split_k=2)], ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [("int8", "group", 128), ("fp8", "row", None)])
 def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
     from qexp.kernels.triton_qmm import qmm

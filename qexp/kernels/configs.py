@@ -2,7 +2,7 @@
 
 The table is written offline by `scripts/bench_linear.py --tune` (qexp/kernels/tuned/<gpu>.json) and read once,
 so start-up compiles only the kernels a model actually uses, with no autotuning at load time.
-A config is a dict: backend ("triton" | "scaled_mm" | "scaled_mm_fast") and, for triton, its tile sizes.
+A config is a dict: backend ("triton" tensor-core GEMM | "gemv" | "scaled_mm" | "scaled_mm_fast") and its tiles.
 """
 from __future__ import annotations
 
@@ -34,40 +34,60 @@ def key(kind_: str, n: int, k: int, m: int) -> str:
     return f"{kind_}|{n}|{k}|{m_bucket(m)}"
 
 
-def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8) -> dict:
+def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=True) -> dict:
+    """Tensor-core tile config; swap=True computes W @ x.T (weight as A, decode-friendly), False x @ W.T."""
     return {"backend": "triton", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-            "num_warps": warps, "num_stages": stages, "GROUP_N": group_n}
+            "num_warps": warps, "num_stages": stages, "GROUP_N": group_n, "SWAP_AB": swap}
+
+
+def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
+    """CUDA-core GEMV config (weight-only, small M)."""
+    return {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
 
 
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
     """A reasonable config without tuning (any GPU Triton runs on)."""
     a8 = kind_.startswith("w8a8")
+    if m <= 1 and not a8:
+        return _gemv(16, 1, 256)
     if m <= 16:
         return _triton(32, 16, 256, split_k=2 if n * k <= 2048 * 2048 else 1)
     if m <= 64:
-        return _triton(64, 64, 128)
+        return _triton(64, 64, 128, split_k=2)
     if kind_ == "w8a8-fp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
         return {"backend": "scaled_mm"}
     if m <= 256:
         return _triton(128, 64, 128 if a8 else 64)
-    return _triton(128, 128, 128 if a8 else 64, warps=8, stages=3 if a8 else 4)
+    return _triton(128, 128, 128 if a8 else 64, warps=8, stages=3 if a8 else 4, swap=False)
 
 
 def candidates(kind_: str, m: int) -> list[dict]:
     """Small per-bucket search space for the tuner (each config compiled once, shared across shapes)."""
     b = m_bucket(m)
-    if b <= 16:
-        out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(16, 16, 512, stages=3),
-               _triton(32, 16, 256, split_k=2), _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
+    a8 = kind_.startswith("w8a8")
+    if b == 1:
+        out = [_triton(32, 16, 256), _triton(64, 16, 128, split_k=4)]
+        if not a8:
+            out += [_gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(32, 1, 256), _gemv(16, 1, 512),
+                    _gemv(16, 1, 256, split_k=2), _gemv(8, 1, 256, split_k=4), _gemv(64, 1, 128, warps=8)]
+    elif b == 16:
+        out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(32, 16, 256, split_k=2),
+               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
+        if not a8:
+            out += [_gemv(16, 4, 128), _gemv(16, 8, 64), _gemv(32, 4, 64), _gemv(16, 16, 64, warps=8)]
     elif b == 64:
-        out = [_triton(64, 64, 128), _triton(128, 64, 64), _triton(64, 32, 128), _triton(64, 64, 128, split_k=2),
-               _triton(128, 64, 128, warps=8, stages=3)]
+        out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=2), _triton(64, 64, 128, split_k=4),
+               _triton(32, 64, 128, split_k=4), _triton(128, 64, 64, split_k=2), _triton(64, 32, 128, split_k=2),
+               _triton(64, 64, 64, split_k=2, swap=False)]
     elif b == 256:
-        out = [_triton(128, 64, 64), _triton(128, 64, 128, stages=3), _triton(128, 128, 64, warps=8),
-               _triton(64, 128, 64), _triton(128, 128, 128, warps=8, stages=3)]
+        out = [_triton(64, 64, 64), _triton(64, 64, 128, split_k=2), _triton(128, 64, 64),
+               _triton(128, 64, 64, split_k=2), _triton(64, 128, 64, split_k=2), _triton(128, 128, 64, warps=8),
+               _triton(128, 64, 64, swap=False), _triton(128, 64, 64, split_k=2, swap=False)]
     else:
-        out = [_triton(128, 128, 64, warps=8), _triton(128, 256, 64, warps=8, stages=3),
-               _triton(128, 128, 128, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3)]
+        out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 64, warps=8, stages=3, swap=False),
+               _triton(128, 128, 64, warps=8, stages=4, swap=False), _triton(256, 128, 64, warps=8, stages=3, swap=False),
+               _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False)]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats

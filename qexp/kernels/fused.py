@@ -55,7 +55,7 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         group_size = None  # one group per row is row-wise
     cfg = config or configs.config_for(configs.kind(w_q.dtype, act_dtype, group_size if w_scale.dim() == 2 else None),
                                        n, k, m, x.device)
-    if cfg["backend"] != "triton" and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
+    if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
         cfg = configs.heuristic("w8a8-int8", n, k, m)
     if act_dtype is None:
         if pre_scale is not None:

@@ -2,10 +2,12 @@
 
 Same math as reference.quantize_activation (qdq.quantize, "row"): optional SmoothQuant pre-scale rounded back to
 x's dtype, scale = max(amax, 1e-12) / qmax, q = round-half-even(x / scale) (int8) or RNE cast to e4m3 (fp8).
-IEEE divisions (div_rn) so q and scale equal the reference's bit for bit.
+Bit for bit as torch computes it on CUDA: a tensor divided by a Python scalar is multiplied by the float32
+reciprocal (ATen's div_true_kernel_cuda), a tensor by a tensor is an IEEE division (div_rn here).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -15,7 +17,8 @@ from qexp.quant import qdq
 
 @triton.jit
 def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
-                      HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr, QMAX: tl.constexpr, BLOCK_K: tl.constexpr):
+                      HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr, QMAX: tl.constexpr, QMAX_INV: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
@@ -24,7 +27,7 @@ def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
     if HAS_PRE:
         x = (x * tl.load(pre_ptr + offs, mask=mask, other=0.0)).to(x_raw.dtype).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=0)
-    scale = tl.div_rn(tl.maximum(amax, 1e-12), QMAX)
+    scale = tl.maximum(amax, 1e-12) * QMAX_INV
     y = tl.div_rn(x, scale)
     if IS_FP8:
         q = tl.clamp(y, -QMAX, QMAX).to(tl.float8e4nv)
@@ -43,6 +46,7 @@ def quantize_activation(x: torch.Tensor, act_dtype: str, pre_scale: torch.Tensor
     block_k = triton.next_power_of_2(k)
     _act_quant_kernel[(m,)](x, pre_scale if pre_scale is not None else s, q, s, k, x.stride(0), q.stride(0),
                             HAS_PRE=pre_scale is not None, IS_FP8=act_dtype == "fp8",
-                            QMAX=float(qdq.QMAX[act_dtype]), BLOCK_K=block_k,
+                            QMAX=float(qdq.QMAX[act_dtype]),
+                            QMAX_INV=float(np.float32(1.0) / np.float32(qdq.QMAX[act_dtype])), BLOCK_K=block_k,
                             num_warps=min(16, max(4, block_k // 512)))
     return q, s

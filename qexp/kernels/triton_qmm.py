@@ -18,6 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from qexp.kernels.triton_epilogue import epilogue
+from qexp.kernels.triton_qgemv import qgemv_kernel
+
 
 # runtime ints that vary between recipes/shapes are not specialised, so one compiled kernel serves them all
 @triton.jit(do_not_specialize=["M", "stride_wsn", "stride_wsg", "group_size", "tiles_per_split"])
@@ -26,7 +29,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 EVEN_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_N: tl.constexpr):
+                GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     # grouped ordering: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are reused from L2
@@ -46,46 +49,46 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
 
     kt_begin = pid_k * tiles_per_split
 
-    w_ptrs = w_ptr + offs_n_ld[:, None] * stride_wn + (kt_begin * BLOCK_K + offs_k)[None, :]
-    x_ptrs = x_ptr + offs_m_ld[None, :] * stride_xm + (kt_begin * BLOCK_K + offs_k)[:, None]
-    if INT_ACC:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if SWAP_AB:  # acc = W @ x.T: the converted weight is the MMA's A operand, kept in registers
+        w_ptrs = w_ptr + offs_n_ld[:, None] * stride_wn + (kt_begin * BLOCK_K + offs_k)[None, :]
+        x_ptrs = x_ptr + offs_m_ld[None, :] * stride_xm + (kt_begin * BLOCK_K + offs_k)[:, None]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32 if INT_ACC else tl.float32)
+    else:  # acc = x @ W.T: x is A, the converted weight tile goes back through shared memory as B
+        w_ptrs = w_ptr + offs_n_ld[None, :] * stride_wn + (kt_begin * BLOCK_K + offs_k)[:, None]
+        x_ptrs = x_ptr + offs_m_ld[:, None] * stride_xm + (kt_begin * BLOCK_K + offs_k)[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT_ACC else tl.float32)
     for i in range(0, tiles_per_split):
         kt = kt_begin + i
         if EVEN_K:
             w = tl.load(w_ptrs)
             x = tl.load(x_ptrs)
+        elif SWAP_AB:
+            w = tl.load(w_ptrs, mask=offs_k[None, :] < K - kt * BLOCK_K, other=0)
+            x = tl.load(x_ptrs, mask=offs_k[:, None] < K - kt * BLOCK_K, other=0)
         else:
-            k_left = K - kt * BLOCK_K
-            w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0)
-            x = tl.load(x_ptrs, mask=offs_k[:, None] < k_left, other=0)
+            w = tl.load(w_ptrs, mask=offs_k[:, None] < K - kt * BLOCK_K, other=0)
+            x = tl.load(x_ptrs, mask=offs_k[None, :] < K - kt * BLOCK_K, other=0)
         if not A8:
             w = w.to(x.dtype)
         if GROUPED:
             s = tl.load(ws_ptr + offs_n_ld * stride_wsn + ((kt * BLOCK_K) // group_size) * stride_wsg)
-            acc += tl.dot(w, x).to(tl.float32) * s[:, None]
-        else:
+            if SWAP_AB:
+                acc += tl.dot(w, x) * s[:, None]
+            else:
+                acc += tl.dot(x, w) * s[None, :]
+        elif SWAP_AB:
             acc = tl.dot(w, x, acc, out_dtype=acc.dtype)
+        else:
+            acc = tl.dot(x, w, acc, out_dtype=acc.dtype)
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
 
-    out = acc.to(tl.float32)
-    if not GROUPED:
-        out = out * tl.load(ws_ptr + offs_n_ld * stride_wsn)[:, None]
-    if A8:
-        out = out * tl.load(xs_ptr + offs_m_ld)[None, :]
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n_ld)[:, None].to(tl.float32)
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    out_t = tl.trans(out)
-    if SPLIT_K == 1:
-        tl.store(out_ptrs, out_t.to(out_ptr.dtype.element_ty), mask=mask)
+    if SWAP_AB:
+        out = tl.trans(acc.to(tl.float32))
     else:
-        tl.atomic_add(out_ptrs, out_t, mask=mask, sem="relaxed")
+        out = acc.to(tl.float32)
+    epilogue(out, out_ptr, ws_ptr, xs_ptr, bias_ptr, offs_m, offs_n, offs_m_ld, offs_n_ld, M, N, stride_om,
+              stride_wsn, pid_k, A8, GROUPED, HAS_BIAS, SPLIT_K)
 
 
 def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
@@ -114,15 +117,27 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     elif out is None:
         out = torch.empty((m, n), device=x.device, dtype=out_dtype)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split_k)
-    _qmm_kernel[grid](
-        x, w_q, out, w_scale, x_scale if x_scale is not None else w_scale, bias if bias is not None else w_scale,
-        m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
-        triton.cdiv(k, block_k) // split_k,
-        A8=x_scale is not None, INT_ACC=x_scale is not None and w_q.dtype == torch.int8, GROUPED=grouped,
-        HAS_BIAS=bias is not None,
-        EVEN_K=k % block_k == 0, SPLIT_K=split_k,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if cfg["backend"] == "gemv":
+        if x_scale is not None:
+            raise ValueError("the GEMV kernel is weight-only")
+        qgemv_kernel[grid](
+            x, w_q, out, w_scale, bias if bias is not None else w_scale,
+            m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
+            triton.cdiv(k, block_k) // split_k, GROUPED=grouped, HAS_BIAS=bias is not None,
+            EVEN_K=k % block_k == 0, SPLIT_K=split_k,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    else:
+        _qmm_kernel[grid](
+            x, w_q, out, w_scale, x_scale if x_scale is not None else w_scale, bias if bias is not None else w_scale,
+            m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
+            triton.cdiv(k, block_k) // split_k,
+            A8=x_scale is not None, INT_ACC=x_scale is not None and w_q.dtype == torch.int8, GROUPED=grouped,
+            HAS_BIAS=bias is not None,
+            EVEN_K=k % block_k == 0, SPLIT_K=split_k,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
+            SWAP_AB=cfg.get("SWAP_AB", True),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if split_k == 1:
         return out
     return out.to(out_dtype) if final is None else final.copy_(out)
