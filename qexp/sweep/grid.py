@@ -37,8 +37,9 @@ class Sweep:
         return hashlib.sha256(",".join(p.config_hash() for p in self.points).encode()).hexdigest()[:16]
 
 
-def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
-    """Parse and expand a sweep file; `overrides` (RunConfig fields) apply to every point."""
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, check: bool = True) -> Sweep:
+    """Parse and expand a sweep file; `overrides` (RunConfig fields) apply to every point. With `check`,
+    every recipe and task must also exist in this build."""
     data = load_yaml(path)
     unknown = sorted(set(data) - set(SWEEP_KEYS))
     if unknown:
@@ -58,8 +59,26 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
             raise ConfigError(f"sweep file {path}: set experiment once at the top, not in grid block {i + 1}")
         raw.extend({**base, **point} for point in expand_block(block))
     roots = [Path.cwd(), *Path(path).resolve().parents]
-    points = [_point(_resolve_paths(values, roots), overrides, experiment, f"sweep file {path}") for values in raw]
-    return Sweep(name=name, experiment=experiment, points=merge_tasks(points))
+    points = [_point(_resolve_paths({**values, **(overrides or {})}, roots), experiment, f"sweep file {path}")
+              for values in raw]
+    sweep = Sweep(name=name, experiment=experiment, points=merge_tasks(points))
+    if check:
+        check_available(sweep, f"sweep file {path}")
+    return sweep
+
+
+def check_available(sweep: Sweep, where: str) -> None:
+    """Every point's recipe and tasks exist in this build (device checks are left to the worker's machine)."""
+    from qexp.quant.recipes import recipe_config
+    from qexp.tasks import get_task
+
+    for p in sweep.points:
+        try:
+            recipe_config(p)
+            for t in p.tasks:
+                get_task(t)
+        except (ConfigError, KeyError) as e:
+            raise ConfigError(f"{where}: point {p.recipe} {','.join(p.tasks)}: {str(e).strip(chr(39) + chr(34))}") from None
 
 
 def expand_block(block: dict[str, Any]) -> list[dict[str, Any]]:
@@ -91,9 +110,7 @@ def _axis(key: str, value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _point(values: dict[str, Any], overrides: dict[str, Any] | None, experiment: str, where: str) -> RunConfig:
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def _point(values: dict[str, Any], experiment: str, where: str) -> RunConfig:
     if values.get("quant", "none") != "group":
         values.pop("group_size", None)
     values["experiment"] = experiment
@@ -110,7 +127,7 @@ def _point(values: dict[str, Any], overrides: dict[str, Any] | None, experiment:
 def _resolve_paths(values: dict[str, Any], roots: list[Path]) -> dict[str, Any]:
     """Relative model/tokenizer/data paths made absolute (workers run elsewhere): found from the current dir or
     a folder above the sweep file (the repo root for configs/sweeps/*.yaml); hub ids are left as they are."""
-    out = dict(values)
+    out = {k.replace("-", "_"): v for k, v in values.items()}
     for key in PATH_FIELDS:
         value = out.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import tempfile
 import time
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,8 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
     def done(job: Job, code: int, log: str) -> None:
         client.log_text(job.run_id, log, LOG_ARTIFACT)
         if code != 0:
-            resume.end_child(client, job.run_id, "FAILED", f"worker exited with code {code}")
+            last = next((line for line in reversed(log.splitlines()) if line.strip()), "")
+            resume.end_child(client, job.run_id, "FAILED", f"worker exited with code {code}: {last}")
         status = client.get_run(job.run_id).info.status
         (result.finished if status == "FINISHED" else result.failed).append(job.run_id)
         n = result.skipped + len(result.finished) + len(result.failed)
@@ -108,17 +108,40 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
     return result
 
 
+class Schedule:
+    """Hands out points in sweep order, except that the points sharing the BF16 reference logits (fidelity)
+    wait until the first of them has ended: it computes and caches the reference, the others read it."""
+
+    def __init__(self, todo: list[tuple[int, RunConfig]]):
+        self.pending = list(todo)
+        shared = [i for i, cfg in todo if "fidelity" in cfg.tasks]
+        self.leader = shared[0] if shared else None
+
+    def take(self) -> tuple[int, RunConfig] | None:
+        for k, (index, cfg) in enumerate(self.pending):
+            if self.leader is None or index == self.leader or "fidelity" not in cfg.tasks:
+                return self.pending.pop(k)
+        return None
+
+    def ended(self, index: int) -> None:
+        if index == self.leader:
+            self.leader = None
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+
 def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig], Job],
               done: Callable[[Job, int, str], None], uri: str, slots: list[str | None]) -> None:
     """Run points as worker processes, one per slot at a time, polling for the ones that end."""
-    pending = deque(todo)
+    schedule = Schedule(todo)
     free = list(slots)
     running: dict = {}  # Popen -> (job, slot, log path)
     with tempfile.TemporaryDirectory(prefix="qexp-sweep-") as d:
         try:
-            while pending or running:
-                while pending and free:
-                    index, cfg = pending.popleft()
+            while schedule or running:
+                while free and (point := schedule.take()) is not None:
+                    index, cfg = point
                     slot = free.pop(0)
                     job = start(index, cfg)
                     log_path = Path(d) / f"{job.run_id}.log"
@@ -127,6 +150,7 @@ def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig
                 for proc in [p for p in running if p.poll() is not None]:
                     job, slot, log_path = running.pop(proc)
                     free.append(slot)
+                    schedule.ended(job.index)
                     done(job, proc.returncode, log_path.read_text(errors="replace"))
                 time.sleep(0.2)
         finally:

@@ -67,8 +67,10 @@ def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
         proc.wait()
 
 
-def run_point(cfg_dict: dict, run_id: str, uri: str) -> tuple[int, str]:
-    """Run one point to completion in a subprocess; (exit code, its output). What a Ray task executes."""
+def run_point(cfg_dict: dict, run_id: str, uri: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run one point to completion in a subprocess; (exit code, its output). What a Ray task executes;
+    `env` = variables from the driver (cache and data dirs)."""
+    os.environ.update(env or {})
     cfg = RunConfig(**cfg_dict)
     with tempfile.TemporaryDirectory(prefix="qexp-point-") as d:
         log_path = Path(d) / "worker.log"

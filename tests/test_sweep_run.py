@@ -1,0 +1,106 @@
+"""Running sweeps for real on CPU: killed mid-way with SIGKILL then resumed, a live sweep refused, the Ray path."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from qexp.sweep.grid import load_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "sweeps" / "tiny.yaml"
+IN_FLIGHT = {"SCHEDULED", "RUNNING"}
+
+
+def _children(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in runs if r.data.tags.get("qexp.sweep.role") == "parent"]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def _wait_for(predicate, timeout_s, proc):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+        time.sleep(0.3)
+    pytest.fail("timed out waiting for the sweep")
+
+
+def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    cmd = [sys.executable, "-m", "qexp", "sweep", str(TINY), "--no-report"]
+    client = MlflowClient(uri)
+    sweep = load_sweep(TINY)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        statuses = lambda: {r.info.status for r in _children(client, sweep.experiment)[1]}  # noqa: E731
+        _wait_for(lambda: bool(statuses()), 120, first)
+        # a second copy of the same sweep is refused while the first lives
+        dup = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert dup.returncode == 2 and "is already running" in dup.stderr and len(dup.stderr.splitlines()) == 1
+        # kill once a point has FINISHED and the next one is in flight (its worker starting or running)
+        _wait_for(lambda: "FINISHED" in statuses() and statuses() & IN_FLIGHT, 120, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    _, kids = _children(client, sweep.experiment)
+    finished_before = {r.info.run_id for r in kids if r.info.status == "FINISHED"}
+    in_flight = [r.info.run_id for r in kids if r.info.status in IN_FLIGHT]
+    assert finished_before and len(in_flight) == 1
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{len(finished_before)} already finished" in second.stderr
+    assert "1 interrupted runs marked KILLED" in second.stderr
+
+    parents, kids = _children(client, sweep.experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in kids)
+    finished = Counter(r.data.tags["qexp.config_hash"] for r in kids if r.info.status == "FINISHED")
+    # exactly one per point: also proves the killed point's worker died with its sweep (else it would have
+    # finished its run too, a second FINISHED child for that point)
+    assert finished == Counter(p.config_hash() for p in sweep.points)
+    assert finished_before <= {r.info.run_id for r in kids if r.info.status == "FINISHED"}  # not redone
+    stale = client.get_run(in_flight[0])
+    assert stale.info.status == "KILLED" and "interrupted" in stale.data.tags["qexp.error"]
+    assert {r.info.status for r in kids} == {"FINISHED", "KILLED"}
+    # each finished child carries its metrics and the worker's log
+    done = next(r for r in kids if r.info.status == "FINISHED")
+    assert "matmul.sqnr_db" in done.data.metrics
+    assert any(a.path == "sweep/worker.log" for a in client.list_artifacts(done.info.run_id, "sweep"))
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"{len(sweep.points)} already finished, 0 to run" in again.stderr
+
+
+def test_ray_backend_runs_points_as_ray_tasks(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from qexp.sweep.runner import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "ray.yaml").write_text(TINY.read_text().replace("name: tiny", "name: tiny-ray").replace(
+        "experiment: qexp-sweep-tiny", "experiment: qexp-sweep-ray").replace(
+        "dtype: [int8, fp8]", "dtype: int8"))
+    sweep = load_sweep(tmp_path / "ray.yaml", {"model": str(REPO / "configs/models/tiny-qwen3")})
+    assert len(sweep.points) == 2
+    result = run_sweep(sweep, ray_address="local")
+    assert result.complete and len(result.finished) == 2
+    client = MlflowClient()
+    parents, kids = _children(client, "qexp-sweep-ray")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(r.data.tags["qexp.config_hash"] for r in kids) == sorted(p.config_hash() for p in sweep.points)
+    assert all(r.info.status == "FINISHED" and "matmul.max_abs_error" in r.data.metrics for r in kids)
+    assert run_sweep(sweep, ray_address="local").skipped == 2  # resume: nothing left, Ray not even started
