@@ -83,6 +83,7 @@ def bench_hf(model, args) -> dict:
         t, out = _timed(lambda: gen(_prompts(args.num_prompts, 1, 4), args.hf_gen_len))
         res["decode_tok_s"] = args.num_prompts * (out.shape[1] - 1) / t
         res["decode_tokens_per_seq"] = out.shape[1] - 1
+        gen(_prompts(1, 1, 5), 4)
         t, out = _timed(lambda: gen(_prompts(1, 1, 6), args.hf_gen_len))
         res["bs1_decode_tok_s"] = (out.shape[1] - 1) / t
     print(f"[hf eager] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
@@ -101,9 +102,13 @@ def profile(llm: LLM, out_dir: str) -> None:
         llm.generate(_prompts(100, 500, 8), SamplingParams(max_tokens=32, ignore_eos=True))
         torch.cuda.synchronize()
     table2 = p2.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p3:
+        llm.generate(_prompts(1, 500, 9), SamplingParams(max_tokens=64, ignore_eos=True))
+        torch.cuda.synchronize()
+    table3 = p3.key_averages().table(sort_by="cuda_time_total", row_limit=20)
     with open(f"{out_dir}/engine_profile.txt", "w") as f:
-        f.write("== prefill 16 x 1000 ==\n" + table + "\n== 100 seqs x 500 ctx, 32 decode steps ==\n" + table2)
-    print(table2[:4000])
+        f.write("== prefill 16 x 1000 ==\n" + table + "\n== 100 seqs x 500 ctx, 32 decode steps ==\n" + table2
+                + "\n== batch 1, 500 ctx, 64 decode steps ==\n" + table3)
 
 
 def main() -> None:

@@ -87,7 +87,7 @@ def test_fused_norms_match_hf_modules(tiny_model_dir):
     cos, sin = torch.cat([ang, ang], -1).cos().bfloat16(), torch.cat([ang, ang], -1).sin().bfloat16()
     qo, ko = qk_norm_rope(q, k, qn, kn, cos, sin)
     rq, rk = apply_rotary_pos_emb(qn(q).transpose(0, 1), kn(k).transpose(0, 1), cos, sin, unsqueeze_dim=0)
-    assert _rel(qo, rq.transpose(0, 1)) < 2e-3 and _rel(ko, rk.transpose(0, 1)) < 2e-3
+    assert _rel(qo, rq.transpose(0, 1)) < 5e-3 and _rel(ko, rk.transpose(0, 1)) < 5e-3
     a, b = torch.randn(2, 17, 6144, device=DEV).bfloat16()
     assert _rel(silu_mul(a, b), torch.nn.functional.silu(a) * b) < 2e-3
 

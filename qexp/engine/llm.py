@@ -87,9 +87,8 @@ class LLM:
                 logits = self.model.lm_head(hidden)
             else:
                 logits = self.runner.decode(batch)
-            t = torch.tensor([temps[s.seq_id] for s in batch], device=self.device)
-            tp = torch.tensor([top_ps[s.seq_id] for s in batch], device=self.device)
-            tokens = sample(logits, t, tp, generator).tolist()
+            tokens = sample(logits, [temps[s.seq_id] for s in batch], [top_ps[s.seq_id] for s in batch],
+                            generator).tolist()
             finished = self.scheduler.postprocess(batch, tokens)
             if progress is not None and finished:
                 progress(len(finished))

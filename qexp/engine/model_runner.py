@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from qexp.engine.attention import AttentionMetadata, paged_attention_reference, store_kv_reference
@@ -27,7 +28,7 @@ CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is g
 
 def graph_buckets(max_num_seqs: int) -> list[int]:
     """Decode batch sizes that get their own CUDA graph; a batch runs in the smallest bucket that holds it."""
-    sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
+    sizes = [1, 2, 4] + list(range(8, max_num_seqs + 1, 8))
     return sorted({s for s in sizes if s < max_num_seqs} | {max_num_seqs})
 
 
@@ -67,6 +68,7 @@ class ModelRunner:
         # one packed int32 host buffer and its device twin feed each decode step with a single copy
         nb = self.max_blocks_per_seq
         self._host = torch.zeros(max_num_seqs * (4 + nb), dtype=torch.int32, pin_memory=self.on_cuda)
+        self._host_np = self._host.numpy()
         self._dev = torch.zeros_like(self._host, device=self.device)
 
     # -- setup -----------------------------------------------------------
@@ -172,11 +174,12 @@ class ModelRunner:
         for s, outs in zip(seqs, out_positions):
             start = s.num_cached_tokens
             ids.extend(s.token_ids[start:])
-            pos.extend(range(start, len(s)))
-            for p in range(start, len(s)):
-                slots.append(s.block_table[p // self.block_size] * self.block_size + p % self.block_size)
-            rows.extend(cu[-1] + p - start for p in outs)
+            p = np.arange(start, len(s))
+            pos.append(p)
+            slots.append(np.asarray(s.block_table)[p // self.block_size] * self.block_size + p % self.block_size)
+            rows.extend(cu[-1] + q - start for q in outs)
             cu.append(cu[-1] + len(s) - start)
+        pos, slots = np.concatenate(pos), np.concatenate(slots)
         meta = AttentionMetadata(
             is_prefill=True,
             slot_mapping=self._to_dev(slots),
@@ -193,14 +196,16 @@ class ModelRunner:
         """One decode step (last token of each sequence); logits (B, vocab)."""
         bs = len(seqs)
         bucket = next(b for b in graph_buckets(self.max_num_seqs) if b >= bs) if self.use_graphs else bs
-        ids, pos, slots, ctx, tables = self._decode_views(self._host, bucket)
-        ids.zero_(), pos.zero_(), ctx.zero_()
-        slots.fill_(-1)
-        for j, s in enumerate(seqs):
-            p = len(s) - 1
-            ids[j], pos[j], ctx[j] = s.token_ids[-1], p, len(s)
-            slots[j] = s.block_table[p // self.block_size] * self.block_size + p % self.block_size
-            tables[j, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+        ids, pos, slots, ctx, tables = self._decode_views(self._host_np, bucket)
+        lens = [len(s) for s in seqs]
+        ids[:], pos[:], ctx[:], slots[:] = 0, 0, 0, -1
+        ids[:bs] = [s.token_ids[-1] for s in seqs]
+        ctx[:bs] = lens
+        pos[:bs] = last = np.asarray(lens) - 1
+        nb = max(len(s.block_table) for s in seqs)
+        table = np.asarray([s.block_table + [0] * (nb - len(s.block_table)) for s in seqs])
+        tables[:bs, :nb] = table
+        slots[:bs] = table[np.arange(bs), last // self.block_size] * self.block_size + last % self.block_size
         self._dev.copy_(self._host, non_blocking=True)
         if self.use_graphs and bucket not in self.graphs:
             try:
@@ -234,7 +239,7 @@ class ModelRunner:
 
     def _decode_views(self, buf: torch.Tensor, bs: int):
         m, nb = self.max_num_seqs, self.max_blocks_per_seq
-        tables = buf[4 * m:].view(m, nb)[:bs]
+        tables = buf[4 * m:].reshape(m, nb)[:bs]
         return buf[:bs], buf[m:m + bs], buf[2 * m:2 * m + bs], buf[3 * m:3 * m + bs], tables
 
     def _block_table_rows(self, seqs: list[Sequence]) -> list[list[int]]:
@@ -242,7 +247,9 @@ class ModelRunner:
         return [s.block_table + [-1] * (width - len(s.block_table)) for s in seqs]
 
     def _to_dev(self, values, dtype: torch.dtype = torch.int32) -> torch.Tensor:
-        t = torch.tensor(values, dtype=dtype, pin_memory=self.on_cuda)
+        t = torch.as_tensor(np.asarray(values), dtype=dtype)
+        if self.on_cuda:
+            t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
 

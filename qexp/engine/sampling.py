@@ -23,18 +23,19 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be >= 1 (got {self.max_tokens})")
 
 
-def sample(logits: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.Tensor,
+def sample(logits: torch.Tensor, temperatures: list[float], top_ps: list[float],
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token per row of `logits` (B, V); rows with temperature 0 take the argmax."""
     greedy = logits.argmax(dim=-1)
-    if not bool((temperatures > 0).any()):
+    if not any(t > 0 for t in temperatures):  # decided on the host: no device sync on the greedy path
         return greedy
-    probs = torch.softmax(logits.float() / temperatures.clamp_min(1e-5)[:, None], dim=-1)
-    if bool((top_ps < 1.0).any()):
+    temps = torch.tensor(temperatures, device=logits.device)
+    probs = torch.softmax(logits.float() / temps.clamp_min(1e-5)[:, None], dim=-1)
+    if any(p < 1.0 for p in top_ps):
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always survives)
-        drop = sorted_p.cumsum(dim=-1) - sorted_p >= top_ps[:, None]
+        drop = sorted_p.cumsum(dim=-1) - sorted_p >= torch.tensor(top_ps, device=logits.device)[:, None]
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
     sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return torch.where(temperatures > 0, sampled, greedy)
+    return torch.where(temps > 0, sampled, greedy)

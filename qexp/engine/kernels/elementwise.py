@@ -39,39 +39,40 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | No
 
 
 @triton.jit
-def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, eps,
-                         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
+def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, eps, NH: tl.constexpr, NH_PAD: tl.constexpr,
+                     D: tl.constexpr):
+    """RMSNorm over D then rotary, for all NH heads of token t: a (NH_PAD, D/2) tile per half."""
+    heads = tl.arange(0, NH_PAD)
     half = tl.arange(0, D // 2)
-    # programs 0..H-1 take q heads, H..H+KV-1 k heads; masked loads/stores pick the tensor without branching
-    is_q = h < H
-    is_k = h >= H
-    qb = (t * H + h) * D
-    kb = (t * KV + h - H) * D
-    x1 = (tl.load(q_ptr + qb + half, mask=is_q & (half >= 0), other=0.0).to(tl.float32)
-          + tl.load(k_ptr + kb + half, mask=is_k & (half >= 0), other=0.0).to(tl.float32))
-    x2 = (tl.load(q_ptr + qb + D // 2 + half, mask=is_q & (half >= 0), other=0.0).to(tl.float32)
-          + tl.load(k_ptr + kb + D // 2 + half, mask=is_k & (half >= 0), other=0.0).to(tl.float32))
-    w1 = (tl.load(qw_ptr + half, mask=is_q & (half >= 0), other=0.0).to(tl.float32)
-          + tl.load(kw_ptr + half, mask=is_k & (half >= 0), other=0.0).to(tl.float32))
-    w2 = (tl.load(qw_ptr + D // 2 + half, mask=is_q & (half >= 0), other=0.0).to(tl.float32)
-          + tl.load(kw_ptr + D // 2 + half, mask=is_k & (half >= 0), other=0.0).to(tl.float32))
-    dt = q_out.dtype.element_ty
-    r = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D + eps)
+    mask = (heads < NH)[:, None]
+    off = (t * NH + heads[:, None]) * D + half[None, :]
+    x1 = tl.load(src + off, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + off + D // 2, mask=mask, other=0.0).to(tl.float32)
+    dt = dst.dtype.element_ty
+    r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
+    w1 = tl.load(w_ptr + half).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + D // 2 + half).to(tl.float32)[None, :]
     x1 = (w1 * (x1 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     x2 = (w2 * (x2 * r).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    c1 = tl.load(cos_ptr + t * D + half).to(tl.float32)
-    c2 = tl.load(cos_ptr + t * D + D // 2 + half).to(tl.float32)
-    s1 = tl.load(sin_ptr + t * D + half).to(tl.float32)
-    s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)
     # HF: q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-q2, q1), each product rounded
     y1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
     y2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    tl.store(q_out + qb + half, y1.to(dt), mask=is_q & (half >= 0))
-    tl.store(q_out + qb + D // 2 + half, y2.to(dt), mask=is_q & (half >= 0))
-    tl.store(k_out + kb + half, y1.to(dt), mask=is_k & (half >= 0))
-    tl.store(k_out + kb + D // 2 + half, y2.to(dt), mask=is_k & (half >= 0))
+    tl.store(dst + off, y1.to(dt), mask=mask)
+    tl.store(dst + off + D // 2, y2.to(dt), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, eps,
+                         H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr,
+                         D: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)  # one token: all its q and k heads
+    half = tl.arange(0, D // 2)
+    c1 = tl.load(cos_ptr + t * D + half).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + t * D + half).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
+    _norm_rope_heads(q_ptr, q_out, qw_ptr, c1, c2, s1, s2, t, eps, H, H_PAD, D)
+    _norm_rope_heads(k_ptr, k_out, kw_ptr, c1, c2, s1, s2, t, eps, KV, KV_PAD, D)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Tensor, sin: torch.Tensor):
@@ -80,8 +81,10 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Te
     KV = k.shape[1]
     q, k = q.contiguous(), k.contiguous()
     q_out, k_out = torch.empty_like(q), torch.empty_like(k)
-    _qk_norm_rope_kernel[(T, H + KV)](q, k, q_out, k_out, q_norm.weight, k_norm.weight, cos.contiguous(),
-                                      sin.contiguous(), q_norm.variance_epsilon, H=H, KV=KV, D=D, num_warps=1)
+    _qk_norm_rope_kernel[(T,)](q, k, q_out, k_out, q_norm.weight, k_norm.weight, cos.contiguous(),
+                               sin.contiguous(), q_norm.variance_epsilon, H=H, KV=KV,
+                               H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
+                               num_warps=4)
     return q_out, k_out
 
 

@@ -55,7 +55,22 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x * log2 e)
     end = tl.minimum(ctx, ctx - n_q + (mblk + 1) * BLOCK_M)
-    for n0 in range(0, end, BLOCK_N):
+    # keys below every row's position need no mask: whole tiles up to the first row's position
+    full_end = (ctx - n_q + mblk * BLOCK_M) // BLOCK_N * BLOCK_N
+    for n0 in range(0, full_end, BLOCK_N):
+        k_pos = n0 + tl.arange(0, BLOCK_N)
+        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE).to(tl.int64)
+        kv_off = ((page * BLOCK_SIZE + k_pos % BLOCK_SIZE)[:, None] * KV + kvh) * D + offs_d[None, :]
+        k = tl.load(k_cache + kv_off)
+        v = tl.load(v_cache + kv_off)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    for n0 in range(full_end, end, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
         k_mask = k_pos < end
         page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
