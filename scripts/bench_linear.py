@@ -111,8 +111,6 @@ def _compile_worker(tasks):
 def precompile(plan: list, workers: int):
     seen, tasks = set(), []
     for r, cfg, k, m in plan:
-        if cfg["backend"] != "triton" and r["act"] is None:
-            continue
         bk = min(cfg.get("BLOCK_K", 0), r["gs"] or 1 << 30)
         key = (r["dtype"], r["act"], r["gran"] == "group", json.dumps({**cfg, "BLOCK_K": bk}), k if r["act"] else 0)
         if key not in seen:

@@ -75,7 +75,7 @@ def test_config_lookup_and_candidates():
     assert configs.kind(torch.int8, None, 64) == "w8a16-int8-group64"
     assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
     for m in configs.M_BUCKETS:
-        assert all(c["BLOCK_K"] <= 64 for c in configs.candidates("w8a16-fp8-group64", m))
+        assert all(c.get("BLOCK_K", 0) <= 64 for c in configs.candidates("w8a16-fp8-group64", m))
         assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
 
 
@@ -207,3 +207,35 @@ def test_cuda_graph_capture_replays_with_new_inputs():
     static_x.copy_(fresh)
     graph.replay()
     assert _rel(static_out, forward(fresh)) < 1e-3  # split-K atomics may add in another order
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._gemv(16, 1, 256), configs._gemv(8, 1, 512, split_k=2),
+                                 configs._gemv(16, 4, 128)], ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_gemv_with_fused_activation_quant(cfg, act, m):
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(m * 5 + (act == "fp8"))
+    n, k = 1040, 2048
+    q, s = _quantized(n, k, act, "row", None, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    p = torch.rand(k, device="cuda", generator=gen) + 0.5
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,gran,gs", [("int8", "tensor", None), ("fp8", "row", None), ("int8", "group", 64)])
+def test_dequant_backend_is_the_reference_dequantization(dtype, gran, gs):
+    from qexp.kernels import fused
+    from qexp.kernels.triton_dequant import dequantize
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    q, s = _quantized(1000, 1024, dtype, gran, gs, gen)
+    assert torch.equal(dequantize(q, s, gs), reference.dequantize_weight(q, s, gs))
+    x = torch.randn(70, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
+    out = fused.quantized_linear(x, q, s, group_size=gs, config={"backend": "dequant_mm"})
+    assert _rel(out, reference.quantized_linear(x, q, s, group_size=gs)) < 1e-3

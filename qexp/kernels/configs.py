@@ -2,7 +2,7 @@
 
 The table is written offline by `scripts/bench_linear.py --tune` (qexp/kernels/tuned/<gpu>.json) and read once,
 so start-up compiles only the kernels a model actually uses, with no autotuning at load time.
-A config is a dict: backend ("triton" tensor-core GEMM | "gemv" | "scaled_mm" | "scaled_mm_fast") and its tiles.
+A config is a dict: backend (see qexp.kernels.fused) and, for the Triton ones, tile sizes.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
     """A reasonable config without tuning (any GPU Triton runs on)."""
     a8 = kind_.startswith("w8a8")
-    if m <= 1 and not a8:
-        return _gemv(16, 1, 256)
+    if m <= 1:
+        return _gemv(8, 1, 512)
     if m <= 16:
         return _triton(32, 16, 256, split_k=2 if n * k <= 2048 * 2048 else 1)
     if m <= 64:
@@ -67,15 +67,13 @@ def candidates(kind_: str, m: int) -> list[dict]:
     b = m_bucket(m)
     a8 = kind_.startswith("w8a8")
     if b == 1:
-        out = [_triton(32, 16, 256), _triton(64, 16, 128, split_k=4)]
-        if not a8:
-            out += [_gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(32, 1, 256), _gemv(16, 1, 512),
-                    _gemv(16, 1, 256, split_k=2), _gemv(8, 1, 256, split_k=4), _gemv(64, 1, 128, warps=8)]
+        out = [_triton(32, 16, 256), _gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(4, 1, 1024), _gemv(16, 1, 512),
+               _gemv(8, 1, 512, split_k=2), _gemv(8, 1, 256, split_k=4), _gemv(8, 1, 512, warps=2),
+               _gemv(16, 1, 512, warps=8)]
     elif b == 16:
         out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(32, 16, 256, split_k=2),
-               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
-        if not a8:
-            out += [_gemv(16, 4, 128), _gemv(16, 8, 64), _gemv(32, 4, 64), _gemv(16, 16, 64, warps=8)]
+               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4),
+               _gemv(16, 4, 128), _gemv(16, 8, 64), _gemv(32, 4, 64), _gemv(8, 4, 256)]
     elif b == 64:
         out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=2), _triton(64, 64, 128, split_k=4),
                _triton(32, 64, 128, split_k=4), _triton(128, 64, 64, split_k=2), _triton(64, 32, 128, split_k=2),
@@ -90,9 +88,11 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False)]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
+    if not a8 and b >= 64:
+        out += [{"backend": "dequant_mm"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
-        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} for c in out]
+        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c else c for c in out]
         out = [c for i, c in enumerate(out) if c not in out[:i]]
     return out
 

@@ -1,5 +1,9 @@
-"""CUDA fast path of quantized_linear: Triton W8A16 / W8A8 GEMMs, fused per-token activation quantization, and
-torch._scaled_mm (cuBLASLt fp8, row-wise scales) where the tuned table says it wins.
+"""CUDA fast path of quantized_linear. Backends, chosen per (recipe, shape, M bucket) by the tuned table:
+  triton      tensor-core GEMM, weight dequantized in registers (triton_qmm), W8A16 and W8A8
+  gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
+  scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
+  dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
+W8A8 outside gemv quantizes activations with one fused per-token kernel (triton_act_quant) first.
 
 No host synchronisation anywhere, so a CUDA graph can capture every call. Weights are consumed as the recipes
 store them (w_q (N, K) row-major, w_scale float32 (1,) | (N,) | (N, K // group_size)): no re-packing needed.
@@ -7,8 +11,10 @@ store them (w_q (N, K) row-major, w_scale float32 (1,) | (N,) | (N, K // group_s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from qexp.kernels import configs
+from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_act_quant import quantize_activation
 from qexp.kernels.triton_qmm import qmm
 
@@ -60,8 +66,13 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
     if act_dtype is None:
         if pre_scale is not None:
             x2 = (x2.float() * pre_scale).to(x.dtype)
-        out = qmm(x2, w_q, w_scale, cfg, group_size=group_size if w_scale.dim() == 2 else None, bias=bias,
-                  out_dtype=x.dtype)
+        gs = group_size if w_scale.dim() == 2 else None
+        if cfg["backend"] == "dequant_mm":
+            out = F.linear(x2, dequantize(w_q, w_scale, gs, x.dtype), bias)
+        else:
+            out = qmm(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
+    elif cfg["backend"] == "gemv":  # decode: activation quantization fused into the GEMV
+        out = qmm(x2, w_q, w_scale, cfg, act_dtype=act_dtype, pre_scale=pre_scale, bias=bias, out_dtype=x.dtype)
     else:
         x_q, x_s = quantize_activation(x2, act_dtype, pre_scale)
         if cfg["backend"] == "triton":

@@ -7,19 +7,22 @@ MMA even when M is 1 (decode). Modes:
   W8A8  (A8=True):  x already quantized per token (int8 or fp8, same dtype as w), int32 / fp32 accumulation,
                     per-token x scale applied in the epilogue.
 Scales: tensor-wise and row-wise apply once in the epilogue (stride 0 for tensor-wise); group-wise scales
-multiply each BLOCK_K partial product (BLOCK_K divides group_size, so one tile never spans two groups).
+dequantize the weight tile in registers, bf16(w * s) as the reference does (BLOCK_K divides group_size).
 SPLIT_K > 1 splits K over programs that atomically add fp32 partials (decode shapes with few output tiles).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 import triton
 import triton.language as tl
 
-from qexp.kernels.triton_epilogue import epilogue
+from qexp.kernels.triton_common import epilogue, to_float
 from qexp.kernels.triton_qgemv import qgemv_kernel
+from qexp.quant import qdq
 
 
 # runtime ints that vary between recipes/shapes are not specialised, so one compiled kernel serves them all
@@ -68,15 +71,15 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
         else:
             w = tl.load(w_ptrs, mask=offs_k[:, None] < K - kt * BLOCK_K, other=0)
             x = tl.load(x_ptrs, mask=offs_k[None, :] < K - kt * BLOCK_K, other=0)
-        if not A8:
-            w = w.to(x.dtype)
-        if GROUPED:
+        if GROUPED:  # dequantize in registers exactly as the reference does: bf16(w * s)
             s = tl.load(ws_ptr + offs_n_ld * stride_wsn + ((kt * BLOCK_K) // group_size) * stride_wsg)
             if SWAP_AB:
-                acc += tl.dot(w, x) * s[:, None]
+                w = (to_float(w) * s[:, None]).to(x.dtype)
             else:
-                acc += tl.dot(x, w) * s[None, :]
-        elif SWAP_AB:
+                w = (to_float(w) * s[None, :]).to(x.dtype)
+        elif not A8:
+            w = to_float(w).to(x.dtype)
+        if SWAP_AB:
             acc = tl.dot(w, x, acc, out_dtype=acc.dtype)
         else:
             acc = tl.dot(x, w, acc, out_dtype=acc.dtype)
@@ -93,9 +96,11 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
 
 def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
         x_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-        out_dtype: torch.dtype = torch.bfloat16, out: torch.Tensor | None = None) -> torch.Tensor:
+        out_dtype: torch.dtype = torch.bfloat16, out: torch.Tensor | None = None, act_dtype: str | None = None,
+        pre_scale: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) contiguous rows; w_q (N, K) contiguous; w_scale float32 (1,) | (N,) | (N, K // group_size);
-    x_scale float32 (M, 1) when x is quantized (W8A8). Returns (M, N) in out_dtype, written into `out` if given."""
+    x_scale float32 (M, 1) when x is quantized (W8A8). Returns (M, N) in out_dtype, written into `out` if given.
+    The gemv backend instead takes bf16 x with act_dtype (and pre_scale) and quantizes x itself."""
     m, k = x.shape
     n = w_q.shape[0]
     grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
@@ -119,13 +124,17 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split_k)
     if cfg["backend"] == "gemv":
         if x_scale is not None:
-            raise ValueError("the GEMV kernel is weight-only")
+            raise ValueError("the GEMV kernel quantizes x itself: pass act_dtype, not x_scale")
+        qmax = float(qdq.QMAX[act_dtype]) if act_dtype else 1.0
         qgemv_kernel[grid](
             x, w_q, out, w_scale, bias if bias is not None else w_scale,
+            pre_scale if pre_scale is not None else w_scale,
             m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
             triton.cdiv(k, block_k) // split_k, GROUPED=grouped, HAS_BIAS=bias is not None,
             EVEN_K=k % block_k == 0, SPLIT_K=split_k,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
+            A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
+            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:
         _qmm_kernel[grid](

@@ -1,4 +1,4 @@
-"""Shared epilogue of the quantized GEMM / GEMV kernels."""
+"""Pieces shared by the quantized GEMM / GEMV kernels: the int8 -> float convert and the epilogue."""
 import triton  # noqa: F401 (triton.jit)
 import triton.language as tl
 
@@ -21,3 +21,14 @@ def epilogue(out, out_ptr, ws_ptr, xs_ptr, bias_ptr, offs_m, offs_n, offs_m_ld, 
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.atomic_add(out_ptrs, out, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def to_float(w):
+    """int8 / fp8 weight tile -> float32. int8 skips the slow I2F converter: (v + 128) as the low mantissa bits
+    of 2^23 gives 2^23 + 128 + v exactly (one XOR, one OR), then one subtraction."""
+    if w.dtype == tl.int8:
+        u = (w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.int32)
+        return (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+    else:
+        return w.to(tl.float32)
