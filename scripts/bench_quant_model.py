@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import statistics
@@ -27,8 +28,9 @@ from qexp.quant.calibration import calibration_batches
 from qexp.tracking import library_versions
 
 MODEL = "configs/models/qwen3-1.7b"
-DEFAULT = ("int8-tensor-real,int8-row-real,int8-group128-real,fp8-tensor-real,fp8-row-real,fp8-group128-real,"
-           "int8-smooth-real,fp8-smooth-real,int8-row-fake,int8-smooth-fake,fp8-smooth-fake")
+# fakes first: each real recipe is then also compared with its fake twin
+DEFAULT = ("int8-row-fake,int8-smooth-fake,fp8-smooth-fake,int8-tensor-real,int8-row-real,int8-group128-real,"
+           "fp8-tensor-real,fp8-row-real,fp8-group128-real,int8-smooth-real,fp8-smooth-real")
 TORCHAO = ("torchao-int8wo-row", "torchao-fp8wo-row", "torchao-fp8dq-row")
 
 
@@ -57,18 +59,45 @@ def fidelity(ref_logits: torch.Tensor, logits: torch.Tensor) -> dict:
             "logits_sqnr_db": qdq.sqnr_db(ref_logits, logits)}
 
 
+def _param_bytes(model) -> int:
+    """Bytes of every parameter and buffer (tied weights once), quantized tensors by their inner storage."""
+    return sum(tensor_bytes(t) for t in [*model.parameters(), *model.buffers()])
+
+
 def _linear_bytes(model) -> int:
     return sum(tensor_bytes(mod.weight) for n, mod in model.named_modules() if n.endswith("_proj"))
+
+
+@torch.no_grad()
+def graph_latency_ms(model, x: torch.Tensor, reps: int = 20) -> float | str:
+    """One decode-shaped forward (no KV cache) captured in a CUDA graph: kernel time without Python overhead."""
+    try:
+        static = x.clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                model(static, use_cache=False)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(static, use_cache=False)
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
 def _sync(dev: str) -> None:
     if dev == "cuda":
         torch.cuda.synchronize()
-
-
-def _allocated(dev: str) -> int:
-    _sync(dev)
-    return torch.cuda.memory_allocated() if dev == "cuda" else 0
 
 
 @torch.no_grad()
@@ -157,16 +186,16 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     with torch.no_grad():
         ref_logits = base(eval_x).logits.float()
-    bf16_bytes = _allocated(dev)
+    bf16_bytes = _param_bytes(base)
     rows = [{"recipe": "bf16", "prefill_ms": latency_ms(base, prefill, args.reps),
              "decode_ms": latency_ms(base, decode, args.reps),
-             "model_bytes": bf16_bytes}]
+             "decode_graph_ms": graph_latency_ms(base, decode[0]) if dev == "cuda" else None,
+             "model_bytes": bf16_bytes, "model_bytes_vs_bf16": 1.0}]
     fake_logits = {}
     names = [r for r in args.recipes.split(",") if r] + (list(TORCHAO) if args.torchao else [])
     for name in names:
         row = {"recipe": name}
         try:
-            mem0 = _allocated(dev)
             m = copy.deepcopy(base)
             t0 = time.perf_counter()
             if name.startswith("torchao"):
@@ -181,8 +210,8 @@ def main() -> None:
             _sync(dev)
             row["quantize_s"] = time.perf_counter() - t0
             row["linear_bytes_vs_bf16"] = _linear_bytes(m) / _linear_bytes(base)
-            row["model_bytes"] = _allocated(dev) - mem0
-            row["model_bytes_vs_bf16"] = row["model_bytes"] / bf16_bytes if bf16_bytes else None
+            row["model_bytes"] = _param_bytes(m)
+            row["model_bytes_vs_bf16"] = row["model_bytes"] / bf16_bytes
             with torch.no_grad():
                 logits = m(eval_x).logits.float()
             row.update(fidelity(ref_logits, logits))
@@ -192,13 +221,22 @@ def main() -> None:
                 row["fake_vs_real"] = fidelity(fake_logits[name[:-5]], logits)
             row["prefill_ms"] = latency_ms(m, prefill, args.reps)
             row["decode_ms"] = latency_ms(m, decode, args.reps)
+            if dev == "cuda":
+                row["decode_graph_ms"] = graph_latency_ms(m, decode[0])
             del m, logits
+            gc.collect()
             torch.cuda.empty_cache() if dev == "cuda" else None
         except Exception as e:  # one failing recipe must not hide the others' numbers
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         rows.append(row)
         print(json.dumps(row), flush=True)
+    rows.append({"recipe": "bf16-again", "prefill_ms": latency_ms(base, prefill, args.reps),
+                 "decode_ms": latency_ms(base, decode, args.reps),
+                 "decode_graph_ms": graph_latency_ms(base, decode[0]) if dev == "cuda" else None,
+                 "model_bytes": bf16_bytes, "model_bytes_vs_bf16": 1.0})
     for row in rows[1:]:
+        if isinstance(row.get("decode_graph_ms"), float) and isinstance(rows[0].get("decode_graph_ms"), float):
+            row["decode_graph_vs_bf16"] = row["decode_graph_ms"] / rows[0]["decode_graph_ms"]
         if "prefill_ms" in row:
             row["prefill_vs_bf16"] = row["prefill_ms"] / rows[0]["prefill_ms"]
             row["decode_vs_bf16"] = row["decode_ms"] / rows[0]["decode_ms"]
@@ -208,7 +246,7 @@ def main() -> None:
         json.dump(out, f, indent=1)
     print(f"\n{out['device']} | torch {torch.__version__} | {args.model} dummy weights")
     print(f"{'recipe':22} {'linB':>6} {'modelB':>6} {'KLmean':>8} {'top1':>6} {'sqnr':>6} {'prefill':>8} {'x bf16':>6} "
-          f"{'decode':>7} {'x bf16':>6}")
+          f"{'decode':>7} {'x bf16':>6} {'graph':>6} {'x bf16':>6} {'fvr_dB':>7}")
     for r in rows:
         if "error" in r:
             print(f"{r['recipe']:22} ERROR {r['error'][:90]}")
@@ -216,7 +254,13 @@ def main() -> None:
         print(f"{r['recipe']:22} {r.get('linear_bytes_vs_bf16', 1.0):6.3f} {r.get('model_bytes_vs_bf16') or 0:6.3f} "
               f"{r.get('kl_mean', 0):8.5f} "
               f"{r.get('top1_agree', 1):6.3f} {r.get('logits_sqnr_db', float('inf')):6.1f} {r['prefill_ms']:8.2f} "
-              f"{r.get('prefill_vs_bf16', 1):6.2f} {r['decode_ms']:7.2f} {r.get('decode_vs_bf16', 1):6.2f}")
+              f"{r.get('prefill_vs_bf16', 1):6.2f} {r['decode_ms']:7.2f} {r.get('decode_vs_bf16', 1):6.2f} "
+              f"{_num(r.get('decode_graph_ms')):>6} {_num(r.get('decode_graph_vs_bf16', 1.0)):>6} "
+              f"{_num(r.get('fake_vs_real', {}).get('logits_sqnr_db')):>7}")
+
+
+def _num(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else "err" if v else "-"
 
 
 if __name__ == "__main__":
