@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--bs1-len", type=int, default=1000)
     ap.add_argument("--hf-gen-len", type=int, default=100, help="HF decode tokens per sequence (it is slow)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batched-tokens", type=int, default=16384, help="engine max_num_batched_tokens")
     ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, ... (real mode)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
@@ -150,7 +151,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
+            llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=args.batched_tokens)
             init_s = time.perf_counter() - t0
             res = bench_engine(llm, args, recipe) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks}
             if args.profile and recipe == "bf16":

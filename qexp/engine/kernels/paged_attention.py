@@ -31,6 +31,11 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
                            num_warps=4)
 
 
+@triton.autotune(
+    configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+             for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
+                                (128, 128, 8, 3), (64, 128, 4, 2))],
+    key=["H", "KV", "D", "BLOCK_SIZE"])
 @triton.jit
 def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, bt_stride, scale,
                     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -165,11 +170,10 @@ def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tab
     B = context_lens.shape[0]
     KV, block_size = k_cache.shape[2], k_cache.shape[1]
     out = torch.empty_like(q)
-    BLOCK_M, BLOCK_N = 128, 64
-    grid = (triton.cdiv(max_seqlen_q, BLOCK_M), B, H)
+    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), B, H)  # noqa: E731
+    # autotuned once per head layout (on the engine's warm-up prefill); the kernel only writes `out`
     _prefill_kernel[grid](q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
-                          block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
-                          BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=8, num_stages=3)
+                          block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size)
     return out
 
 
