@@ -62,6 +62,8 @@ def bench_engine(llm: LLM, args, tag: str) -> dict:
     res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     res["num_preemptions"] = llm.scheduler.num_preemptions
     res["graph_buckets_captured"] = sorted(llm.runner.graphs)
+    from qexp.engine.kernels.paged_attention import _prefill_kernel
+    res["prefill_attention_config"] = str(_prefill_kernel.best_config)
     print(f"[{tag}] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
           f"bs1 {res['bs1_decode_tok_s']:.0f} tok/s", flush=True)
     return res
