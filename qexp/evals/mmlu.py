@@ -5,53 +5,16 @@ a seeded subset is chosen with simple_evaluate's `samples` (question indices per
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
-from pathlib import Path
 
-import lm_eval.tasks as lm_eval_tasks
 import pandas as pd
-import yaml
 
-from qexp.evals.data import MMLU_HUB, cache_dir, mmlu_dataset_path
+from qexp.evals.data import MMLU_HUB, mmlu_dataset_path
+from qexp.evals.lm_tasks import task_manager
 
 CATEGORIES = ("stem", "humanities", "social_sciences", "other")
 NUM_FEWSHOT = 5
-LOCAL_GROUP = "qexp_mmlu"
-STOCK_MMLU = Path(lm_eval_tasks.__file__).parent / "mmlu" / "default"
-
-
-def task_manager_and_spec(dataset_path: str, subjects: list[str] | None = None):
-    """lm-eval TaskManager and the group name to load: the stock `mmlu` group, or a group YAML (in its own
-    include dir) whose member is the stock `mmlu` group (or some of its subject tasks) with `dataset_path` set.
-
-    (An include-dir YAML, not an inline dict or a YAML path: lm-eval 0.4.13 passes an inline group's own keys
-    down to its members, and names a group loaded by path after its task list.)
-    """
-    if dataset_path == MMLU_HUB and subjects is None:
-        return stock_task_manager(), "mmlu"
-    override = {} if dataset_path == MMLU_HUB else {"dataset_path": dataset_path}
-    members = ([{"group": "mmlu", **override}] if subjects is None
-               else [{"task": f"mmlu_{s}", **override} for s in sorted(subjects)])
-    text = yaml.safe_dump({"group": LOCAL_GROUP, "task": members})
-    include = cache_dir("lm_eval_tasks", hashlib.sha256(text.encode()).hexdigest()[:16])
-    path = include / f"{LOCAL_GROUP}.yaml"
-    if not path.is_file():
-        include.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return stock_task_manager(include), LOCAL_GROUP
-
-
-def stock_task_manager(*extra: Path):
-    """A TaskManager indexing only lm-eval's stock mmlu (default) YAMLs plus `extra` dirs: indexing all of
-    lm-eval's tasks takes seconds."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=[str(STOCK_MMLU), *map(str, extra)], include_defaults=False)
 
 
 def sample_questions(sizes: dict[str, int], num_samples: int, seed: int) -> dict[str, list[int]] | None:
@@ -67,8 +30,16 @@ def sample_questions(sizes: dict[str, int], num_samples: int, seed: int) -> dict
 
 
 def load_mmlu_tasks(dataset_path: str, subjects: list[str] | None = None):
-    """The built lm-eval group (top object) and its subject tasks {name: Task}."""
-    manager, name = task_manager_and_spec(dataset_path, subjects)
+    """The built lm-eval group (top object) and its subject tasks {name: Task}: the stock `mmlu` group (or
+    some of its subject tasks), with `dataset_path` redirected when it is not the hub's."""
+    override = {} if dataset_path == MMLU_HUB else {"dataset_path": dataset_path}
+    members = None
+    if subjects is not None:
+        members = [{"task": f"mmlu_{s}", **override} for s in sorted(subjects)]
+    elif override:
+        members = [{"group": "mmlu", **override}]
+    manager, name = task_manager(["mmlu/default"], members, group="qexp_mmlu")
+    name = name or "mmlu"
     loaded = manager.load([name])
     top = loaded["groups"][name]
     return top, loaded["tasks"]

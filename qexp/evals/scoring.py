@@ -71,8 +71,8 @@ class HFScorer:
         return out.last_hidden_state
 
     @torch.no_grad()
-    def _rows(self, seqs, start, first_offset: int, last_offset: int) -> list[torch.Tensor]:
-        """float32 logits at positions [start_i + first_offset, len_i + last_offset) of each sequence."""
+    def _per_sequence(self, seqs, start, reduce) -> list[torch.Tensor]:
+        """reduce(i, float32 logits after prefixes seq[:t], t = start_i .. len_i) for each sequence."""
         lm_head = self.model.get_output_embeddings()
         out: list[torch.Tensor | None] = [None] * len(seqs)
         for batch in self._batches(seqs):
@@ -80,18 +80,19 @@ class HFScorer:
             for r, i in enumerate(batch):
                 if not 1 <= start[i] <= len(seqs[i]):
                     raise ValueError(f"start {start[i]} outside [1, {len(seqs[i])}] for sequence {i}")
-                out[i] = lm_head(hidden[r, start[i] + first_offset:len(seqs[i]) + last_offset]).float()
+                out[i] = reduce(i, lm_head(hidden[r, start[i] - 1:len(seqs[i])]).float())
         return out  # type: ignore[return-value]
 
     def next_token_logits(self, seqs: list[list[int]], start: list[int]) -> list[torch.Tensor]:
         """(len_i - start_i + 1, vocab) logits of the next token after each prefix seq[:t], t = start_i .. len_i."""
-        return self._rows(seqs, start, -1, 0)
+        return self._per_sequence(seqs, start, lambda i, logits: logits)
 
     def score(self, seqs: list[list[int]], start: list[int]) -> list[torch.Tensor]:
         """log p(seq[t] | seq[:t]) for t in [start_i, len_i), float32."""
-        rows = self._rows(seqs, start, -1, -1)
-        return [torch.log_softmax(r, -1).gather(-1, torch.tensor(s[st:], device=r.device)[:, None])[:, 0]
-                for r, s, st in zip(rows, seqs, start)]
+        def logprobs(i, logits):
+            target = torch.tensor(seqs[i][start[i]:], device=logits.device)
+            return torch.log_softmax(logits[:-1], -1).gather(-1, target[:, None])[:, 0]
+        return self._per_sequence(seqs, start, logprobs)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params) -> list[list[int]]:
