@@ -1,6 +1,5 @@
 """`qexp compare` on a store of fixture runs: every table cell against values computed here from the logged
 numbers, missing cells "—", newest FINISHED value per recipe, the plots, --sweep and the CLI."""
-import json
 
 import pandas as pd
 import pytest
@@ -51,9 +50,10 @@ def _log_run(client, exp_id, key, i, tags=None):
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("compare")
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+    uri = f"sqlite:///{d}/mlflow.db"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.chdir(d)
-    client = MlflowClient()
+    client = MlflowClient(uri)
     exp_id = client.create_experiment("cmp")
     ids = {key: _log_run(client, exp_id, key, i) for i, key in enumerate(RUNS)}
     client.log_dict(ids["int8-row-real"], PER_LAYER, "fidelity/per_layer_sqnr.json")
@@ -64,7 +64,7 @@ def store(tmp_path_factory):
     for i, key in enumerate(("bf16", "int8-row-real")):
         _log_run(client, sweep_exp, key, i, {"mlflow.parentRunId": parent})
     _log_run(client, sweep_exp, "fp8-group128-fake", 5)  # same experiment, not a child
-    yield {"dir": d, "parent": parent}
+    yield {"dir": d, "parent": parent, "uri": uri}
     mp.undo()
 
 
@@ -161,7 +161,7 @@ def test_sweep_mode_reads_children_and_logs_report_to_parent(store, tmp_path):
     assert sorted(f.name for f in files) == ["accuracy_vs_throughput.png", "ppl_delta_by_granularity.png", "report.md"]
     res = CliRunner().invoke(main, ["compare", "--sweep", store["parent"]])
     assert res.exit_code == 0, res.output
-    logged = {a.path for a in MlflowClient().list_artifacts(store["parent"], "report")}
+    logged = {a.path for a in MlflowClient(store["uri"]).list_artifacts(store["parent"], "report")}
     assert {"report/report.md", "report/report.html", "report/perplexity.csv",
             "report/ppl_delta_by_granularity.png"} <= logged
     assert "report/accuracy_vs_throughput.png" in logged  # bf16 and int8-row-real have MMLU and decode tok/s

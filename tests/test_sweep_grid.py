@@ -106,3 +106,57 @@ def test_cli_value_parsing():
             parse_gpus(bad)
     with pytest.raises(ConfigError):
         parse_sets(("novalue",))
+
+
+def test_select_keeps_matching_points_in_order():
+    from qexp.sweep.grid import select
+
+    s = load_sweep(REF, check=False)
+    picked = select(s, ["bf16", "int8-row-*", "*-smooth-real"])
+    assert [p.recipe for p in picked.points] == ["bf16", "int8-row-fake", "int8-row-real", "int8-smooth-real",
+                                                 "fp8-smooth-real"]
+    assert (picked.name, picked.experiment) == (s.name, s.experiment)
+    with pytest.raises(ConfigError, match="matches no point"):
+        select(s, ["int4-*"])
+
+
+def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch, tmp_path):
+    """run_local with 2 slots: never more than 2 workers, each on its own CUDA_VISIBLE_DEVICES, and the points
+    sharing the BF16 reference wait for the first of them (fake workers: `sleep`, no MLflow)."""
+    import subprocess
+    import time
+
+    from qexp.config import build_config
+    from qexp.sweep import runner
+
+    events = []  # (time, "start"/"end", index, gpu)
+
+    def fake_launch(cfg_path, run_id, uri, log_path, gpu=None):
+        log_path.write_text(f"point {run_id}")
+        events.append((time.monotonic(), "start", int(run_id), gpu))
+        return subprocess.Popen(["sleep", "1.0" if run_id == "1" else "0.2"])  # point 1 leads the fidelity points
+
+    monkeypatch.setattr(runner, "fork_launch", fake_launch)
+    tasks = [["matmul"], ["fidelity"], ["fidelity"], ["matmul"], ["fidelity"]]
+    todo = [(i, build_config(None, {"dtype": "int8", "quant": "row", "mode": "fake", "tasks": t, "seed": i}))
+            for i, t in enumerate(tasks)]
+
+    def start(index, cfg):
+        return runner.Job(index, cfg, str(index))
+
+    def done(job, code, log):
+        assert code == 0 and log == f"point {job.run_id}"
+        events.append((time.monotonic(), "end", job.index, None))
+
+    runner.run_local(todo, start, done, "sqlite:///unused.db", ["0", "1"])
+    order = [(kind, i) for _, kind, i, _ in events]
+    assert sorted(i for kind, i in order if kind == "start") == list(range(5))
+    running = 0
+    for _, kind, i, gpu in events:
+        running += 1 if kind == "start" else -1
+        assert running <= 2
+    assert {gpu for _, kind, _, gpu in events if kind == "start"} == {"0", "1"}
+    # fidelity points 2 and 4 start only after the leader (point 1) ended; point 3 (matmul) is not held back
+    leader_end = order.index(("end", 1))
+    assert order.index(("start", 2)) > leader_end and order.index(("start", 4)) > leader_end
+    assert order.index(("start", 3)) < leader_end

@@ -8,9 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from qexp.cli import main
+from qexp.compare.tables import TABLES
+
 from qexp.sweep.grid import load_sweep
+from qexp.sweep.runner import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "sweeps" / "tiny.yaml"
@@ -31,16 +36,17 @@ def _wait_for(predicate, timeout_s, proc):
         if predicate():
             return
         assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-        time.sleep(0.3)
+        time.sleep(0.1)
     pytest.fail("timed out waiting for the sweep")
 
 
-def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path):
+def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
-    cmd = [sys.executable, "-m", "qexp", "sweep", str(TINY), "--no-report"]
+    # ~2 s of matmul trials per point: a window to kill the sweep while a point is in flight
+    cmd = [sys.executable, "-m", "qexp", "sweep", str(TINY), "--set", "num_tests=100", "--no-report"]
     client = MlflowClient(uri)
-    sweep = load_sweep(TINY)
+    sweep = load_sweep(TINY, {"num_tests": 100})
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         statuses = lambda: {r.info.status for r in _children(client, sweep.experiment)[1]}  # noqa: E731
@@ -60,7 +66,7 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
     in_flight = [r.info.run_id for r in kids if r.info.status in IN_FLIGHT]
     assert finished_before and len(in_flight) == 1
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"{len(finished_before)} already finished" in second.stderr
     assert "1 interrupted runs marked KILLED" in second.stderr
@@ -81,14 +87,24 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
     assert "matmul.sqnr_db" in done.data.metrics
     assert any(a.path == "sweep/worker.log" for a in client.list_artifacts(done.info.run_id, "sweep"))
 
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and f"{len(sweep.points)} already finished, 0 to run" in again.stderr
+    # once complete, running the sweep again does nothing (in-process here: no second interpreter start-up)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    again = run_sweep(sweep)
+    assert (again.parent_run_id, again.skipped, again.finished, again.failed) == (parents[0].info.run_id, 3, [], [])
+
+    # the resumed sweep logged its report; `qexp compare --sweep` prints every table from the store
+    parent = parents[0].info.run_id
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent, "report")}
+    out = CliRunner().invoke(main, ["compare", "--sweep", parent]).output
+    assert [line for line in out.splitlines() if line.startswith("## ")] == [f"## {t}" for t, _ in TABLES.values()]
+    matmul = out.split("## Matmul error")[1].split("##")[0]
+    for r in kids:
+        if r.info.status == "FINISHED":
+            assert f"| {r.data.tags['qexp.recipe']} | {r.data.metrics['matmul.max_abs_error']:.4g} |" in matmul
 
 
 def test_ray_backend_runs_points_as_ray_tasks(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from qexp.sweep.runner import run_sweep
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     (tmp_path / "ray.yaml").write_text(TINY.read_text().replace("name: tiny", "name: tiny-ray").replace(
@@ -98,7 +114,7 @@ def test_ray_backend_runs_points_as_ray_tasks(tmp_path, monkeypatch):
     assert len(sweep.points) == 2
     result = run_sweep(sweep, ray_address="local")
     assert result.complete and len(result.finished) == 2
-    client = MlflowClient()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parents, kids = _children(client, "qexp-sweep-ray")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(r.data.tags["qexp.config_hash"] for r in kids) == sorted(p.config_hash() for p in sweep.points)

@@ -12,6 +12,7 @@ import pandas as pd
 from qexp.compare import plots
 from qexp.compare.runs import by_recipe, parse_recipe, search
 from qexp.compare.tables import all_tables
+from qexp.tracking import tracking_uri
 
 FORMATS = ("md", "csv", "html")
 PER_LAYER_ARTIFACT = "fidelity/per_layer_sqnr.json"  # {layer name: output SQNR dB}, logged by the fidelity task
@@ -101,4 +102,4 @@ def log_report(parent_run_id: str) -> None:
         for fmt in FORMATS:
             write(tables, fmt, out)
         draw(runs, df, out)
-        mlflow.MlflowClient().log_artifacts(parent_run_id, str(out), "report")
+        mlflow.MlflowClient(tracking_uri()).log_artifacts(parent_run_id, str(out), "report")

@@ -16,25 +16,29 @@ from qexp.config import ConfigError
               "'auto', or 'local' for a private instance on this machine.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a run-config field in every point, e.g. --set num_samples=100 (repeatable).")
+@click.option("--only", metavar="PATTERNS", help="Run only the points whose recipe matches one of these comma-separated "
+              "shell patterns, e.g. 'bf16,int8-row-*' (the rest stay for a later run).")
 @click.option("--fresh", is_flag=True, help="Start a new parent run instead of resuming the last one of this sweep.")
 @click.option("--dry-run", is_flag=True, help="List the points (and which are already finished) without running.")
 @click.option("--report/--no-report", default=True, help="Log `qexp compare` tables and plots to the parent run at the end (default on).")
-def sweep_cmd(sweep_file, gpus, ray_address, sets, fresh, dry_run, report) -> None:
+def sweep_cmd(sweep_file, gpus, ray_address, sets, only, fresh, dry_run, report) -> None:
     """Run a sweep file's grid of experiment runs; re-running it resumes (finished points are skipped)."""
-    from qexp.sweep.grid import load_sweep
+    from qexp.sweep.grid import load_sweep, select
     from qexp.sweep.resume import SweepError
 
     try:
         if gpus and ray_address:
             raise ConfigError("choose one of --gpus (this machine) and --ray-address (a Ray cluster)")
         sweep = load_sweep(sweep_file, parse_sets(sets))
+        if only:
+            sweep = select(sweep, [p.strip() for p in only.split(",") if p.strip()])
         slots = parse_gpus(gpus)
         if dry_run:
             list_points(sweep)
             return
         from qexp.sweep.runner import run_sweep
 
-        result = run_sweep(sweep, gpus=slots, ray_address=ray_address, fresh=fresh)
+        result = run_sweep(sweep, gpus=slots or None, ray_address=ray_address or None, fresh=fresh)
     except (ConfigError, SweepError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -67,6 +67,18 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, check:
     return sweep
 
 
+def select(sweep: Sweep, patterns: list[str]) -> Sweep:
+    """The points whose recipe matches one of the shell patterns (e.g. bf16, 'int8-row-*'); same sweep identity,
+    so a partial run and a later full run share the parent and finished points."""
+    import fnmatch
+
+    points = [p for p in sweep.points if any(fnmatch.fnmatchcase(p.recipe, pat) for pat in patterns)]
+    if not points:
+        raise ConfigError(f"--only {','.join(patterns)} matches no point of sweep {sweep.name} "
+                          f"(recipes: {', '.join(dict.fromkeys(p.recipe for p in sweep.points))})")
+    return replace(sweep, points=points)
+
+
 def check_available(sweep: Sweep, where: str) -> None:
     """Every point's recipe and tasks exist in this build (device checks are left to the worker's machine)."""
     from qexp.quant.recipes import recipe_config

@@ -10,7 +10,6 @@ import os
 import socket
 from dataclasses import dataclass
 
-import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -36,9 +35,9 @@ class PointState:
     finished_run: str | None  # id of a FINISHED child, or None when the point must (re)run
 
 
-def experiment_id(name: str) -> str:
-    exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else mlflow.create_experiment(name)
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
 
 
 def find_parent(client: MlflowClient, exp_id: str, sweep_name: str) -> Run | None:
@@ -50,7 +49,7 @@ def find_parent(client: MlflowClient, exp_id: str, sweep_name: str) -> Run | Non
 
 def open_parent(client: MlflowClient, sweep: Sweep, fresh: bool) -> Run:
     """Reuse the sweep's parent run (resume) unless `fresh`; refuse if a live process on this host owns it."""
-    exp_id = experiment_id(sweep.experiment)
+    exp_id = experiment_id(client, sweep.experiment)
     parent = None if fresh else find_parent(client, exp_id, sweep.name)
     if parent is not None and parent.info.status == "RUNNING":
         owner = _live_owner(parent)
@@ -90,8 +89,7 @@ def point_states(client: MlflowClient, parent: Run, sweep: Sweep) -> list[PointS
 
 def finished_hashes(sweep: Sweep) -> set[str]:
     """Config hashes of the points the sweep's latest parent already finished (read-only; for --dry-run)."""
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(sweep.experiment)
     parent = find_parent(client, exp.experiment_id, sweep.name) if exp is not None else None
     if parent is None:

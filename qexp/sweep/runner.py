@@ -6,6 +6,7 @@ or KILLED; only SIGKILL can leave RUNNING children, and the next run of the swee
 """
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import time
@@ -14,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import mlflow
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from qexp.config import RunConfig
 from qexp.sweep import resume
 from qexp.sweep.grid import Sweep
-from qexp.sweep.worker import LOG_ARTIFACT, absolute_tracking_uri, launch, stop, write_point_config
+from qexp.sweep.worker import LOG_ARTIFACT, absolute_tracking_uri, exit_code, fork_launch, stop, write_point_config
 
 
 @dataclass
@@ -51,10 +51,12 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
               console: Console | None = None) -> SweepResult:
     console = console or Console(stderr=True, soft_wrap=True)
     uri = absolute_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    client = MlflowClient(uri)
     parent = resume.open_parent(client, sweep, fresh)
     pid = parent.info.run_id
+    entry_run = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`: point its run at the sweep's parent
+    if entry_run:
+        client.set_tag(entry_run, "qexp.sweep.parent", pid)
     result = SweepResult(pid, len(sweep.points))
     result.stale = len(resume.mark_stale(client, parent))
     states = resume.point_states(client, parent, sweep)
@@ -136,7 +138,7 @@ def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig
     """Run points as worker processes, one per slot at a time, polling for the ones that end."""
     schedule = Schedule(todo)
     free = list(slots)
-    running: dict = {}  # Popen -> (job, slot, log path)
+    running: dict = {}  # worker process -> (job, slot, log path)
     with tempfile.TemporaryDirectory(prefix="qexp-sweep-") as d:
         try:
             while schedule or running:
@@ -145,13 +147,15 @@ def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig
                     slot = free.pop(0)
                     job = start(index, cfg)
                     log_path = Path(d) / f"{job.run_id}.log"
-                    proc = launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=slot)
+                    proc = fork_launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=slot)
                     running[proc] = (job, slot, log_path)
-                for proc in [p for p in running if p.poll() is not None]:
+                for proc in [p for p in running if exit_code(p) is not None]:
                     job, slot, log_path = running.pop(proc)
+                    if hasattr(proc, "lifeline"):
+                        proc.lifeline.close()
                     free.append(slot)
                     schedule.ended(job.index)
-                    done(job, proc.returncode, log_path.read_text(errors="replace"))
+                    done(job, exit_code(proc), log_path.read_text(errors="replace"))
                 time.sleep(0.2)
         finally:
             for proc in running:
