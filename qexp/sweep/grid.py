@@ -32,6 +32,7 @@ class Sweep:
     name: str
     experiment: str
     points: list[RunConfig]
+    source: str = ""  # the sweep file
 
     def spec_hash(self) -> str:
         return hashlib.sha256(",".join(p.config_hash() for p in self.points).encode()).hexdigest()[:16]
@@ -61,7 +62,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None, check:
     roots = [Path.cwd(), *Path(path).resolve().parents]
     points = [_point(_resolve_paths({**values, **(overrides or {})}, roots), experiment, f"sweep file {path}")
               for values in raw]
-    sweep = Sweep(name=name, experiment=experiment, points=merge_tasks(points))
+    sweep = Sweep(name=name, experiment=experiment, points=merge_tasks(points), source=str(path))
     if check:
         check_available(sweep, f"sweep file {path}")
     return sweep

@@ -66,6 +66,11 @@ def open_parent(client: MlflowClient, sweep: Sweep, fresh: bool) -> Run:
     client.set_tag(run_id, PID_TAG, str(os.getpid()))
     client.set_tag(run_id, "qexp.sweep.spec_hash", sweep.spec_hash())
     client.set_tag(run_id, "qexp.sweep.points", str(len(sweep.points)))
+    client.log_dict(run_id, {"name": sweep.name, "experiment": sweep.experiment,
+                             "points": [{"config_hash": p.config_hash(), **p.to_dict()} for p in sweep.points]},
+                    "sweep/points.json")
+    if sweep.source and os.path.isfile(sweep.source):
+        client.log_artifact(run_id, sweep.source, "sweep")
     return client.get_run(run_id)
 
 

@@ -114,11 +114,16 @@ def run_point(cfg_dict: dict, run_id: str, uri: str, env: dict[str, str] | None 
 
 def _forked_point(cfg_path: str, run_id: str, uri: str, log_path: str, gpu: str | None, lifeline) -> None:
     _exit_with(lifeline)
+    _die_with_parent()  # kept across the exec below, where the lifeline thread is not
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.environ.update(worker_env(run_id, uri, gpu))
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    import torch
+
+    if torch.cuda._is_in_bad_fork():  # a preloaded module touched CUDA: start a clean interpreter instead
+        os.execv(sys.executable, [sys.executable, "-m", "qexp", "run", "--config", cfg_path])
     from qexp.cli import main
 
     main(["run", "--config", cfg_path], prog_name="qexp")
