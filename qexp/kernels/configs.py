@@ -86,6 +86,8 @@ def candidates(kind_: str, m: int) -> list[dict]:
         out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 64, warps=8, stages=3, swap=False),
                _triton(128, 128, 64, warps=8, stages=4, swap=False), _triton(256, 128, 64, warps=8, stages=3, swap=False),
                _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False)]
+    if kind_.startswith("w8a16-int8") and 16 <= b <= 256:  # int8 convert: bit trick (default) or I2F, per tile
+        out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
     if not a8 and b >= 64:

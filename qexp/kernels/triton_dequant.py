@@ -18,7 +18,7 @@ def _dequant_kernel(w_ptr, ws_ptr, out_ptr, N, K, stride_wsn, stride_wsg, group_
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     idx = offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
-    w = tl.load(w_ptr + idx, mask=mask, other=0)
+    w = tl.load(w_ptr + idx, mask=mask)  # masked lanes are never stored
     s = tl.load(ws_ptr + offs_n[:, None] * stride_wsn + (offs_k[None, :] // group_size) * stride_wsg, mask=mask,
                 other=0.0)
     tl.store(out_ptr + idx, (w.to(tl.float32) * s).to(out_ptr.dtype.element_ty), mask=mask)

@@ -32,7 +32,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 EVEN_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr):
+                GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     # grouped ordering: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are reused from L2
@@ -73,12 +73,19 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
             x = tl.load(x_ptrs, mask=offs_k[None, :] < K - kt * BLOCK_K, other=0)
         if GROUPED:  # dequantize in registers exactly as the reference does: bf16(w * s)
             s = tl.load(ws_ptr + offs_n_ld * stride_wsn + ((kt * BLOCK_K) // group_size) * stride_wsg)
-            if SWAP_AB:
-                w = (to_float(w) * s[:, None]).to(x.dtype)
+            if FAST_I8:
+                wf = to_float(w)
             else:
-                w = (to_float(w) * s[None, :]).to(x.dtype)
+                wf = w.to(tl.float32)
+            if SWAP_AB:
+                w = (wf * s[:, None]).to(x.dtype)
+            else:
+                w = (wf * s[None, :]).to(x.dtype)
         elif not A8:
-            w = to_float(w).to(x.dtype)
+            if FAST_I8:
+                w = to_float(w).to(x.dtype)
+            else:
+                w = w.to(x.dtype)
         if SWAP_AB:
             acc = tl.dot(w, x, acc, out_dtype=acc.dtype)
         else:
@@ -145,7 +152,7 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             HAS_BIAS=bias is not None,
             EVEN_K=k % block_k == 0, SPLIT_K=split_k,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
-            SWAP_AB=cfg.get("SWAP_AB", True),
+            SWAP_AB=cfg.get("SWAP_AB", True), FAST_I8=cfg.get("FAST_I8", True),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if split_k == 1:
         return out
