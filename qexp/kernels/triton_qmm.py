@@ -120,8 +120,8 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     else:
         stride_wsn, stride_wsg = 1, 0
     block_k = cfg["BLOCK_K"]
-    if grouped:
-        block_k = min(block_k, group_size)  # a K tile must not straddle two groups
+    while k % block_k or (grouped and group_size % block_k):  # whole K tiles, none straddling two groups
+        block_k //= 2
     split_k = math.gcd(cfg["SPLIT_K"], triton.cdiv(k, block_k))
     final = out
     if split_k > 1:
