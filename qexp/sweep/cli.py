@@ -26,6 +26,9 @@ def sweep_cmd(sweep_file, gpus, ray_address, sets, only, fresh, dry_run, report)
     from qexp.sweep.grid import load_sweep, select
     from qexp.sweep.resume import SweepError
 
+    # `mlflow run` passes every MLproject parameter; "" or "none" there means "not given"
+    gpus, ray_address, only = (None if v in ("", "none") else v for v in (gpus, ray_address, only))
+
     try:
         if gpus and ray_address:
             raise ConfigError("choose one of --gpus (this machine) and --ray-address (a Ray cluster)")
