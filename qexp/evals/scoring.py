@@ -143,6 +143,21 @@ def scorer_for(ctx):
             except ImportError:
                 scorer = HFScorer(ctx.model)
             else:
-                scorer = LLM(ctx.model)
+                n = max(4096, ctx.cfg.ppl_context + 1)
+                scorer = LLM(ctx.model, max_model_len=n, max_num_batched_tokens=max(16384, n))
     ctx.extras["scorer"] = scorer
     return scorer
+
+
+def max_length(scorer, model) -> int:
+    """Longest sequence the scorer takes: the engine's max_model_len, else the model's positions."""
+    return getattr(scorer, "max_model_len", None) or model.config.max_position_embeddings
+
+
+def wikitext_ids(ctx) -> list[int]:
+    """The WikiText-2 test token ids (HF recipe string), tokenised once per run and shared by tasks."""
+    if "wikitext_test_ids" not in ctx.extras:
+        from qexp.evals.ppl import wikitext_test_ids
+
+        ctx.extras["wikitext_test_ids"] = wikitext_test_ids(ctx.cfg, ctx.tokenizer)
+    return ctx.extras["wikitext_test_ids"]

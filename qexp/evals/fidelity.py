@@ -1,0 +1,118 @@
+"""Fidelity vs BF16: next-token distributions and per-layer outputs of the quantized model against the BF16 one.
+
+On NUM_WINDOWS disjoint WikiText-2 test windows of WINDOW_LEN tokens, both models' next-token distributions after
+every prefix are compared: KL(P_bf16 || P_quant) per position (mean and p99) and top-1 agreement. On the first
+CALIB_TOKENS tokens, each decoder layer's output is compared: SQNR = 10 log10(|ref|^2 / |quant - ref|^2).
+Both sides are plain HF forwards of the same model code, so the differences are the quantization's alone.
+
+The BF16 side (log-probs stored as float16, layer outputs as bf16) is cached on disk under a key of the model,
+the device type and the token ids, so a sweep over recipes computes it once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from qexp.evals.data import cache_dir
+from qexp.evals.scoring import HFScorer
+
+NUM_WINDOWS = 4
+WINDOW_LEN = 1024
+CALIB_TOKENS = 512
+
+
+def fidelity_windows(ids: list[int], num_windows: int = NUM_WINDOWS, length: int = WINDOW_LEN) -> list[list[int]]:
+    windows = [ids[k * length:(k + 1) * length] for k in range(num_windows)]
+    return [w for w in windows if len(w) >= 2]
+
+
+def model_key(cfg) -> dict:
+    """What identifies the BF16 model's outputs: its source, and for dummy weights the config and seed."""
+    key = {"model": cfg.model, "load_format": cfg.load_format}
+    if cfg.load_format == "dummy":
+        p = Path(cfg.model)
+        cfg_file = p if p.is_file() else p / "config.json"
+        key["config_sha"] = hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.is_file() else cfg.model
+        key["seed"] = cfg.seed
+    return key
+
+
+def cache_path(cfg, device: str, windows: list[list[int]], calib: list[int]) -> Path:
+    h = hashlib.sha256(json.dumps({"model": model_key(cfg), "device": torch.device(device).type,
+                                   "torch": torch.__version__, "windows": windows, "calib": calib}).encode())
+    return cache_dir("fidelity", h.hexdigest()[:24] + ".pt")
+
+
+@torch.no_grad()
+def layer_outputs(model, ids: list[int]) -> list[torch.Tensor]:
+    """Each decoder layer's output hidden states on one sequence (hooks on model.model.layers)."""
+    outs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
+             for layer in model.base_model.layers]
+    try:
+        model.base_model(input_ids=torch.tensor([ids], device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+@torch.no_grad()
+def reference(model, windows: list[list[int]], calib: list[int]) -> dict:
+    """The BF16 side: per window float16 next-token log-probs and their (float32) argmax; layer outputs on the
+    calibration tokens."""
+    scorer = HFScorer(model)
+    logprobs, top1 = [], []
+    for w in windows:
+        logits = scorer.next_token_logits([w], [1])[0]
+        logprobs.append(torch.log_softmax(logits, -1).half().cpu())
+        top1.append(logits.argmax(-1).cpu())
+    return {"logprobs": logprobs, "top1": top1, "layers": [h.cpu() for h in layer_outputs(model, calib)]}
+
+
+def load_or_build_reference(cfg, device: str, windows, calib, load_bf16) -> tuple[dict, bool]:
+    """(reference, was_cached). load_bf16() gives the BF16 model when the cache misses."""
+    path = cache_path(cfg, device, windows, calib)
+    if path.is_file():
+        return torch.load(path, map_location="cpu"), True
+    model = load_bf16()
+    ref = reference(model, windows, calib)
+    del model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(ref, tmp)
+    tmp.replace(path)
+    return ref, False
+
+
+def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.double(), out.double()
+    noise = (out - ref).pow(2).sum().item()
+    return 10 * math.log10(ref.pow(2).sum().item() / noise) if noise > 0 else math.inf
+
+
+@torch.no_grad()
+def compare(model, ref: dict, windows, calib) -> tuple[dict[str, float], dict]:
+    """Metrics of `model` (the quantized one) against the BF16 reference."""
+    scorer = HFScorer(model)
+    device = next(model.parameters()).device
+    kls, agree = [], []
+    for w, ref_lp, ref_top1 in zip(windows, ref["logprobs"], ref["top1"]):
+        q_lp = torch.log_softmax(scorer.next_token_logits([w], [1])[0], -1)
+        p_lp = torch.log_softmax(ref_lp.to(device).float(), -1)  # renormalise after the float16 rounding
+        kls.append((p_lp.exp() * (p_lp - q_lp)).sum(-1).clamp_min(0).cpu())
+        agree.append(q_lp.argmax(-1).cpu() == ref_top1)
+    kl = torch.cat(kls).double()
+    layers = [sqnr_db(r.to(device), o) for r, o in zip(ref["layers"], layer_outputs(model, calib))]
+    metrics = {"fidelity.kl_mean": kl.mean().item(), "fidelity.kl_p99": torch.quantile(kl, 0.99).item(),
+               "fidelity.top1_agree": torch.cat(agree).double().mean().item()}
+    finite = [s for s in layers if math.isfinite(s)]
+    if len(finite) == len(layers):  # identical outputs (a BF16 run) have no finite SQNR: left out, not faked
+        metrics["fidelity.sqnr_db_mean"] = sum(finite) / len(finite)
+    return metrics, {"positions": kl.numel(), "windows": len(windows), "window_len": WINDOW_LEN,
+                     "calib_tokens": len(calib), "per_layer_sqnr_db": [s if math.isfinite(s) else "inf"
+                                                                       for s in layers]}
