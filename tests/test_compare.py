@@ -33,7 +33,7 @@ RUNS = {  # recipe -> metrics; start-time order = dict order (later = newer)
     "int8-smooth-real": {"mmlu.acc": 0.5000, "ppl.token_ppl": 10.3, "throughput.decode_tok_s": 3500.0},
     "int8-tensor-fake@failed": {"mmlu.acc": 0.90, "ppl.token_ppl": 9.0},
 }
-PER_LAYER = {"model.layers.0.self_attn.q_proj": 31.5, "model.layers.0.mlp.down_proj": 28.0}
+FIDELITY_SUMMARY = {"per_layer_sqnr_db": [31.5, 28.0, "inf"], "reference_cached": True}
 
 
 def _log_run(client, exp_id, key, i, tags=None):
@@ -56,7 +56,7 @@ def store(tmp_path_factory):
     client = MlflowClient(uri)
     exp_id = client.create_experiment("cmp")
     ids = {key: _log_run(client, exp_id, key, i) for i, key in enumerate(RUNS)}
-    client.log_dict(ids["int8-row-real"], PER_LAYER, "fidelity/per_layer_sqnr.json")
+    client.log_dict(ids["int8-row-real"], FIDELITY_SUMMARY, "fidelity/summary.json")
     client.create_run(exp_id, tags={"qexp.sweep.role": "parent"})  # no recipe: never a table row
     # a sweep: parent + two children in their own experiment
     sweep_exp = client.create_experiment("sweep-exp")
@@ -180,3 +180,11 @@ def test_unknown_experiment_or_run_is_one_line_error(store):
     for args in (["--experiment", "nope"], ["--sweep", "0" * 32], ["--experiment", "cmp", "--sweep", "x"]):
         res = CliRunner().invoke(main, ["compare", *args])
         assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("error:"), res.output
+
+
+def test_per_layer_sqnr_read_from_the_fidelity_artifact(store):
+    from qexp.compare.report import per_layer_sqnr
+    from qexp.compare.runs import search
+
+    # only int8-row-real logged the artifact; its "inf" layer (identical outputs) is left off the curve
+    assert per_layer_sqnr(search("cmp")) == {"int8-row-real": {"0": 31.5, "1": 28.0}}

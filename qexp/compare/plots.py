@@ -62,15 +62,15 @@ def ppl_delta_by_granularity(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def per_layer_sqnr(layers: dict[str, dict[str, float]], path: Path) -> Path | None:
-    """Output SQNR (dB) of each quantized layer, one line per recipe; `layers` = recipe -> {layer: dB}."""
+    """Output SQNR (dB) of each decoder layer, one line per recipe; `layers` = recipe -> {layer index: dB}."""
     layers = {r: v for r, v in layers.items() if v and parse_recipe(r) is not None}
     if not layers:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for recipe in sorted(layers, key=lambda r: parse_recipe(r).sort_key()):
-        names = list(layers[recipe])
-        ax.plot(range(len(names)), [layers[recipe][n] for n in names], marker=".", lw=1, label=recipe)
-    ax.set_xlabel("layer (model order)")
+        xs = [int(k) for k in layers[recipe]]
+        ax.plot(xs, list(layers[recipe].values()), marker=".", lw=1, label=recipe)
+    ax.set_xlabel("decoder layer")
     ax.set_ylabel("output SQNR (dB)")
     ax.set_title("Per-layer SQNR vs BF16")
     ax.legend(fontsize=7, ncol=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from qexp.compare.tables import all_tables
 from qexp.tracking import tracking_uri
 
 FORMATS = ("md", "csv", "html")
-PER_LAYER_ARTIFACT = "fidelity/per_layer_sqnr.json"  # {layer name: output SQNR dB}, logged by the fidelity task
+FIDELITY_ARTIFACT = "fidelity/summary.json"  # the fidelity task's; per_layer_sqnr_db = output SQNR of each layer
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -67,8 +68,9 @@ def per_layer_sqnr(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
         if recipe in out or pd.isna(run["metrics.fidelity.sqnr_db_mean"]) or parse_recipe(recipe) is None:
             continue
         with contextlib.suppress(Exception):  # runs without the artifact simply have no curve
-            out[recipe] = {str(k): float(v) for k, v in
-                           mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/{PER_LAYER_ARTIFACT}").items()}
+            layers = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/{FIDELITY_ARTIFACT}")["per_layer_sqnr_db"]
+            # identical outputs give "inf" (no finite SQNR): left off the curve
+            out[recipe] = {str(i): float(v) for i, v in enumerate(layers) if v != "inf" and math.isfinite(float(v))}
     return out
 
 
