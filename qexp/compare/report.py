@@ -61,11 +61,11 @@ def write(tables: dict[str, tuple[str, pd.DataFrame]], fmt: str, out: Path) -> l
 def per_layer_sqnr(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
     """recipe -> {layer: dB} from the newest run of each recipe that logged the per-layer artifact."""
     out: dict[str, dict[str, float]] = {}
-    if "metrics.fidelity.sqnr_db_mean" not in runs:
+    if "metrics.fidelity.kl_mean" not in runs:
         return out
     for _, run in runs.sort_values("start_time", ascending=False).iterrows():
         recipe = run["tags.qexp.recipe"]
-        if recipe in out or pd.isna(run["metrics.fidelity.sqnr_db_mean"]) or parse_recipe(recipe) is None:
+        if recipe in out or pd.isna(run["metrics.fidelity.kl_mean"]) or parse_recipe(recipe) is None:
             continue
         with contextlib.suppress(Exception):  # runs without the artifact simply have no curve
             layers = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/{FIDELITY_ARTIFACT}")["per_layer_sqnr_db"]
