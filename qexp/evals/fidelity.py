@@ -25,8 +25,9 @@ WINDOW_LEN = 1024
 CALIB_TOKENS = 512
 
 
-def fidelity_windows(ids: list[int], num_windows: int = NUM_WINDOWS, length: int = WINDOW_LEN) -> list[list[int]]:
-    windows = [ids[k * length:(k + 1) * length] for k in range(num_windows)]
+def fidelity_windows(ids: list[int]) -> list[list[int]]:
+    """NUM_WINDOWS disjoint windows of WINDOW_LEN tokens from the start of the text."""
+    windows = [ids[k * WINDOW_LEN:(k + 1) * WINDOW_LEN] for k in range(NUM_WINDOWS)]
     return [w for w in windows if len(w) >= 2]
 
 
@@ -113,6 +114,6 @@ def compare(model, ref: dict, windows, calib) -> tuple[dict[str, float], dict]:
     finite = [s for s in layers if math.isfinite(s)]
     if len(finite) == len(layers):  # identical outputs (a BF16 run) have no finite SQNR: left out, not faked
         metrics["fidelity.sqnr_db_mean"] = sum(finite) / len(finite)
-    return metrics, {"positions": kl.numel(), "windows": len(windows), "window_len": WINDOW_LEN,
+    return metrics, {"positions": kl.numel(), "windows": len(windows), "window_len": len(windows[0]),
                      "calib_tokens": len(calib), "per_layer_sqnr_db": [s if math.isfinite(s) else "inf"
                                                                        for s in layers]}

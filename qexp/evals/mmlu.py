@@ -86,7 +86,8 @@ def summarize(out: dict, sizes: dict[str, int], samples: dict[str, list[int]] | 
         for s in logged:
             lls = [r[0] for r in s["filtered_resps"]]
             preds.append({"subject": name.removeprefix("mmlu_"), "doc_id": s["doc_id"], "target": s["target"],
-                          "pred": max(range(len(lls)), key=lls.__getitem__), "acc": s["acc"]})
+                          "pred": max(range(len(lls)), key=lls.__getitem__), "acc": s["acc"],
+                          "loglikelihoods": lls})
     table = pd.DataFrame(per_subject)
     n = int(table["n"].sum())
     metrics = {"mmlu.acc": float((table["acc"] * table["n"]).sum() / n), "mmlu.num_questions": float(n)}

@@ -75,8 +75,9 @@ def seed_ppl(scorer, tokenizer, rows: list[str], lines: int, progress=None):
     return math.exp(sum(nll) / len(nll)), {"lines": len(texts), "scored_lines": len(seqs), "line_nll": nll}
 
 
-def lm_eval_wikitext(lm, cfg) -> dict[str, float]:
-    """lm-eval's `wikitext` task (word/byte perplexity, bits per byte) with `lm`, offline from the local copy."""
+def lm_eval_wikitext(lm, cfg, limit: int | None = None) -> dict[str, float]:
+    """lm-eval's `wikitext` task (word/byte perplexity, bits per byte) with `lm`, offline from the local copy.
+    `limit`: only the first documents (tests)."""
     from lm_eval import simple_evaluate
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -89,7 +90,7 @@ def lm_eval_wikitext(lm, cfg) -> dict[str, float]:
                     "dataset_kwargs": {"data_files": files}}]
     manager, name = task_manager(["wikitext"], members, group="qexp_wikitext")
     out = simple_evaluate(model=lm, tasks=[name or "wikitext"], task_manager=manager, num_fewshot=0,
-                          bootstrap_iters=0, log_samples=False)
+                          limit=limit, bootstrap_iters=0, log_samples=False)
     res = out["results"]["wikitext"]
     return {"ppl.word_perplexity": res["word_perplexity,none"], "ppl.byte_perplexity": res["byte_perplexity,none"],
             "ppl.bits_per_byte": res["bits_per_byte,none"]}
