@@ -40,6 +40,22 @@ def _timed(fn, repeats: int = 1) -> tuple[float, object]:
 
 def bench_engine(llm: LLM, args, tag: str) -> dict:
     res = {}
+    if "prefill" in args.sections:
+        res |= _engine_prefill(llm, args)
+    if "decode" in args.sections:
+        res |= _engine_decode(llm, args)
+    res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    res["num_preemptions"] = llm.scheduler.num_preemptions
+    res["graph_buckets_captured"] = sorted(llm.runner.graphs)
+    from qexp.engine.kernels.paged_attention import _prefill_kernel
+    res["prefill_attention_config"] = str(getattr(_prefill_kernel, "best_config", None))
+    print(f"[{tag}] " + "  ".join(f"{k} {res[k]:.0f}" for k in ("prefill_tok_s", "decode_tok_s", "bs1_decode_tok_s")
+                                  if k in res), flush=True)
+    return res
+
+
+def _engine_prefill(llm: LLM, args) -> dict:
+    res = {}
     # prefill: max_tokens=1, each prompt yields exactly one sampled token after its prefill
     _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 1), SamplingParams(max_tokens=1)))
     t, out = _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 2),
@@ -47,6 +63,11 @@ def bench_engine(llm: LLM, args, tag: str) -> dict:
     assert all(len(o) == 1 for o in out)
     res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
     res["prefill_time_s"] = t
+    return res
+
+
+def _engine_decode(llm: LLM, args) -> dict:
+    res = {}
     # decode: N one-token prompts, gen_len tokens each (warm-up captures the batch's CUDA graph)
     dec = SamplingParams(max_tokens=args.gen_len, ignore_eos=True)
     _timed(lambda: llm.generate(_prompts(args.num_prompts, 1, 3), SamplingParams(max_tokens=8, ignore_eos=True)))
@@ -59,13 +80,6 @@ def bench_engine(llm: LLM, args, tag: str) -> dict:
     t, out = _timed(lambda: llm.generate(_prompts(1, 1, 6), SamplingParams(max_tokens=args.bs1_len,
                                                                            ignore_eos=True)), args.repeats)
     res["bs1_decode_tok_s"] = len(out[0]) / t
-    res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    res["num_preemptions"] = llm.scheduler.num_preemptions
-    res["graph_buckets_captured"] = sorted(llm.runner.graphs)
-    from qexp.engine.kernels.paged_attention import _prefill_kernel
-    res["prefill_attention_config"] = str(_prefill_kernel.best_config)
-    print(f"[{tag}] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
-          f"bs1 {res['bs1_decode_tok_s']:.0f} tok/s", flush=True)
     return res
 
 
@@ -81,6 +95,9 @@ def bench_hf(model, args) -> dict:
         gen(_prompts(args.num_prompts, args.prompt_len, 1), 1)
         t, _ = _timed(lambda: gen(_prompts(args.num_prompts, args.prompt_len, 2), 1))
         res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
+        if "decode" not in args.sections:
+            print(f"[hf eager] prefill {res['prefill_tok_s']:.0f} tok/s", flush=True)
+            return res
         gen(_prompts(args.num_prompts, 1, 3), 4)
         t, out = _timed(lambda: gen(_prompts(args.num_prompts, 1, 4), args.hf_gen_len))
         res["decode_tok_s"] = args.num_prompts * (out.shape[1] - 1) / t
@@ -122,9 +139,10 @@ def main() -> None:
     ap.add_argument("--bs1-len", type=int, default=1000)
     ap.add_argument("--hf-gen-len", type=int, default=100, help="HF decode tokens per sequence (it is slow)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batched-tokens", type=int, default=16384, help="engine max_num_batched_tokens")
+    ap.add_argument("--batched-tokens", default="16384", help="engine max_num_batched_tokens (comma list)")
     ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, ... (real mode)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--sections", default="prefill,decode", help="prefill and/or decode (decode includes batch-1)")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
     ap.add_argument("--out", default="benchmarks/engine.json")
     args = ap.parse_args()
@@ -135,6 +153,8 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "transformers": transformers.__version__, "torchao": torchao.__version__,
               "python": platform.python_version(), "config": vars(args), "engine": {}, "hf_eager": None}
+    args.sections = args.sections.split(",")
+    args.batched_tokens = [int(x) for x in args.batched_tokens.split(",")]
     for recipe in args.recipes.split(","):
         model = load_model(args.model, "dummy", "cuda", 0)
         if recipe != "bf16":
@@ -149,21 +169,26 @@ def main() -> None:
                 continue
         elif not args.skip_hf:
             result["hf_eager"] = bench_hf(model, args)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        try:
-            llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=args.batched_tokens)
-            init_s = time.perf_counter() - t0
-            res = bench_engine(llm, args, recipe) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks}
-            if args.profile and recipe == "bf16":
-                profile(llm, args.profile)
-        except Exception as e:  # noqa: BLE001
-            res = {"error": f"{type(e).__name__}: {e}"}
-            print(f"[{recipe}] engine failed: {e}", flush=True)
-        result["engine"][recipe] = res
+        for bt in args.batched_tokens:
+            key = recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}"
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            llm = None
+            try:
+                llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=bt)
+                init_s = time.perf_counter() - t0
+                res = bench_engine(llm, args, key) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks,
+                                                      "max_num_batched_tokens": bt}
+                if args.profile and recipe == "bf16":
+                    profile(llm, args.profile)
+            except Exception as e:  # noqa: BLE001
+                res = {"error": f"{type(e).__name__}: {e}"}
+                print(f"[{key}] engine failed: {e}", flush=True)
+            result["engine"][key] = res
+            del llm
+            torch.cuda.empty_cache()
         del model
-        llm = None
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
