@@ -56,9 +56,8 @@ def test_noisy_model_matches_direct_computation(base, noisy, windows):
         h_ref = base(torch.tensor([calib]), output_hidden_states=True).hidden_states
         h_out = noisy(torch.tensor([calib]), output_hidden_states=True).hidden_states
     assert kl.mean() > 1e-4  # the perturbation is visible
-    # float32 log-softmax (ours) vs float64 (here) on near-uniform distributions: ~1e-6 absolute per position
-    assert metrics["fidelity.kl_mean"] == pytest.approx(kl.mean().item(), rel=1e-3)
-    assert metrics["fidelity.kl_p99"] == pytest.approx(torch.quantile(kl, 0.99).item(), rel=1e-3)
+    assert metrics["fidelity.kl_mean"] == pytest.approx(kl.mean().item(), rel=1e-4)
+    assert metrics["fidelity.kl_p99"] == pytest.approx(torch.quantile(kl, 0.99).item(), rel=1e-4)
     assert metrics["fidelity.top1_agree"] == pytest.approx((p.argmax(-1) == q.argmax(-1)).double().mean().item())
     # hidden_states[1] is the first decoder layer's output (the last one is returned after the final norm)
     ref1, out1 = h_ref[1].double(), h_out[1].double()

@@ -23,6 +23,7 @@ from qexp.evals.scoring import HFScorer
 NUM_WINDOWS = 4
 WINDOW_LEN = 1024
 CALIB_TOKENS = 512
+ROW_CHUNK = 128
 
 
 def fidelity_windows(ids: list[int]) -> list[list[int]]:
@@ -100,10 +101,14 @@ def compare(model, ref: dict, windows, calib) -> tuple[dict[str, float], dict]:
     device = next(model.parameters()).device
     kls, agree = [], []
     for w, ref_logits in zip(windows, ref["logits"]):
-        q_lp = torch.log_softmax(scorer.next_token_logits([w], [1])[0], -1)
-        p_lp = torch.log_softmax(ref_logits.to(device).float(), -1)
-        kls.append((p_lp.exp() * (p_lp - q_lp)).sum(-1).clamp_min(0).cpu())
-        agree.append((p_lp.argmax(-1) == q_lp.argmax(-1)).cpu())
+        q_logits = scorer.next_token_logits([w], [1])[0]
+        # float64 in row chunks: KL is a small difference of log-probs near log(1/vocab), where float32
+        # leaves ~1e-6 per position; chunks bound the memory next to the engine's KV cache
+        for q_rows, p_rows in zip(q_logits.split(ROW_CHUNK), ref_logits.split(ROW_CHUNK)):
+            q_lp = torch.log_softmax(q_rows.double(), -1)
+            p_lp = torch.log_softmax(p_rows.to(device).double(), -1)
+            kls.append((p_lp.exp() * (p_lp - q_lp)).sum(-1).clamp_min(0).cpu())
+            agree.append((p_lp.argmax(-1) == q_lp.argmax(-1)).cpu())
     kl = torch.cat(kls).double()
     layers = [sqnr_db(r.to(device), o) for r, o in zip(ref["layers"], layer_outputs(model, calib))]
     metrics = {"fidelity.kl_mean": kl.mean().item(), "fidelity.kl_p99": torch.quantile(kl, 0.99).item(),
