@@ -126,10 +126,11 @@ def test_smoothquant_model_is_active_and_close(tiny, calib, dtype, mode):
 
 
 def test_smoothquant_fake_and_real_agree(tiny, calib):
-    outs = {}
+    outs, weights = {}, {}
     for mode in ("fake", "real"):
         m = copy.deepcopy(tiny)
         quantize_model(m, _cfg("int8", mode), calibration_batches=calib)
+        weights[mode] = {n: mod.weight for n, mod in _targets(m).items()}
         if mode == "real":
             q = m.model.layers[0].self_attn.q_proj.weight
             assert isinstance(q, QuantizedWeight) and q.act_dtype == "int8" and q.pre_scale is None
@@ -137,6 +138,10 @@ def test_smoothquant_fake_and_real_agree(tiny, calib):
         with torch.no_grad():
             outs[mode] = m(calib[1]).logits.float()
     assert qdq.sqnr_db(outs["real"], outs["fake"]) > 30
+    for name, real in weights["real"].items():  # same smoothing, same codes: dequantized weights bit-identical
+        fake = weights["fake"][name]
+        assert torch.equal(real.dequantize(), fake.weight)
+        assert (real.pre_scale is None) == (fake.pre_scale is None)
 
 
 def test_alpha_changes_the_result_and_alpha_zero_ignores_activations(tiny, calib):
