@@ -50,6 +50,7 @@ def _choice(values) -> click.Choice:
 @click.option("--ppl-protocol", type=_choice(PROTOCOLS), help="standard: sliding-window token PPL; seed: first N lines.")
 @click.option("--ppl-context", type=int, help="Sliding-window context in tokens (default 2048).")
 @click.option("--ppl-stride", type=int, help="Sliding-window stride in tokens (default 512).")
+@click.option("--ppl-lines", type=int, help="Seed PPL protocol: score the first N non-empty lines, each alone (default 100).")
 @click.option("--prompt-length", type=int, help="Throughput prefill prompt length in tokens (default 1000).")
 @click.option("--generate-length", type=int, help="Throughput decode length in tokens (default 1000).")
 @click.option("--num-prompts", type=int, help="Throughput prompts per test (default 100).")
