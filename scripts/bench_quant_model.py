@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,8 +43,12 @@ def parse(recipe: str, model: str) -> RunConfig:
 
 
 def torchao_config(name: str):
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
-                                      Int8WeightOnlyConfig, PerRow)
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+    )
 
     return {"torchao-int8wo-row": Int8WeightOnlyConfig(granularity=PerRow()),
             "torchao-fp8wo-row": Float8WeightOnlyConfig(granularity=PerRow()),
@@ -91,7 +96,7 @@ def graph_latency_ms(model, x: torch.Tensor, reps: int = 20) -> float | str:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         return statistics.median(times)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (report why capture failed, keep the other numbers)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
@@ -155,7 +160,7 @@ def cuda_graph_check() -> dict:
             torch.cuda.synchronize()
             out[name] = {"sqnr_gpu_vs_cpu_db": qdq.sqnr_db(cpu, gpu.cpu()),
                          "graph_replay_equal": bool(torch.equal(y, lin(-xc))), "on_cuda": lin.weight.qdata.is_cuda}
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (one failing variant must not hide the others)
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         print(name, out[name], flush=True)
     return out
@@ -174,7 +179,7 @@ def main() -> None:
     graph_check = cuda_graph_check() if dev == "cuda" else {}
     tok = load_tokenizer(args.model, os.environ.get("QEXP_TOKENIZER"))
     data_dir = os.environ.get("QEXP_DATA_DIR", "/work/shared/data")
-    test_ids = torch.tensor(tok(open(f"{data_dir}/wikitext-2-raw/wiki.test.raw").read(), verbose=False)["input_ids"])
+    test_ids = torch.tensor(tok(Path(data_dir, "wikitext-2-raw", "wiki.test.raw").read_text(), verbose=False)["input_ids"])
     gen = torch.Generator().manual_seed(0)
     windows = test_ids[: len(test_ids) // 512 * 512].reshape(-1, 512)
     eval_x = windows[torch.randperm(len(windows), generator=gen)[:2]].to(dev)
@@ -204,7 +209,7 @@ def main() -> None:
                 quantize_(m, torchao_config(name), filter_fn=lambda mod, fqn: fqn.endswith("_proj"))
             else:
                 cfg = parse(name, args.model)
-                rep = quantize_model(m, cfg, calibration_batches=lambda: calibration_batches(cfg, tok, dev))
+                rep = quantize_model(m, cfg, calibration_batches=lambda cfg=cfg: calibration_batches(cfg, tok, dev))
                 row.update(modules=rep.quantized, expected=rep.expected, weight_bytes_ratio=rep.weight_bytes_ratio,
                            num_scales=rep.num_scales, calibration=rep.calibration)
             _sync(dev)
@@ -226,7 +231,7 @@ def main() -> None:
             del m, logits
             gc.collect()
             torch.cuda.empty_cache() if dev == "cuda" else None
-        except Exception as e:  # one failing recipe must not hide the others' numbers
+        except Exception as e:  # noqa: BLE001  (one failing recipe must not hide the others' numbers)
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         rows.append(row)
         print(json.dumps(row), flush=True)

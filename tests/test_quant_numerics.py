@@ -3,8 +3,18 @@ import copy
 
 import pytest
 import torch
-from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, PerGroup, PerRow, PerTensor, quantize_
-from torchao.quantization.quant_primitives import _dequantize_affine_float8, _quantize_affine_float8
+from torchao.quantization import (
+    Float8WeightOnlyConfig,
+    Int8WeightOnlyConfig,
+    PerGroup,
+    PerRow,
+    PerTensor,
+    quantize_,
+)
+from torchao.quantization.quant_primitives import (
+    _dequantize_affine_float8,
+    _quantize_affine_float8,
+)
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
 from qexp.quant import qdq

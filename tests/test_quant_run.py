@@ -1,5 +1,6 @@
 """`qexp run` with a SmoothQuant recipe: the runner feeds calibration data and logs the quantization report."""
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -35,8 +36,8 @@ def test_smoothquant_run_logs_calibration_and_report(store, tiny_model_dir, toke
     assert m["quant.num_scales"] == 2 * (3 * 64 + 2 * 32 + 2 * 192)  # one per output row: q,o,down / k,v / gate,up
     assert m["quant.weight_bytes_ratio"] <= 0.55 and m["fidelity.kl_mean"] > 0
     assert run.data.tags["qexp.recipe"] == "int8-smooth-real" and run.data.params["calib_data"] == "mmlu"
-    report = json.load(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                                artifact_path="quantization.json")))
+    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                                 artifact_path="quantization.json")).read_text())
     assert report["calibration"]["batches"] == 2 and report["calibration"]["alpha"] == 0.6
     assert "W8A8 int8" in report["modules"]["model.layers.0.self_attn.o_proj"]
 

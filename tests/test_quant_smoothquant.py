@@ -12,7 +12,12 @@ from qexp.quant import qdq
 from qexp.quant.apply import quantize_model
 from qexp.quant.calibration import calibration_batches
 from qexp.quant.real import QuantizedWeight
-from qexp.quant.smoothquant import SmoothQuantConfig, collect_act_absmax, smooth_model, smoothing_factor
+from qexp.quant.smoothquant import (
+    SmoothQuantConfig,
+    collect_act_absmax,
+    smooth_model,
+    smoothing_factor,
+)
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -7,6 +7,7 @@ fake-quantized bf16 weight, the activation dtype and the optional SmoothQuant pr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torchao.core.config import AOBaseConfig
@@ -38,9 +39,9 @@ def _fake_quant_linear(module: torch.nn.Linear, config: FakeQuantWeightConfig) -
 class FakeQuantActWeight(TorchAOBaseTensor):
     """bf16 weight whose linear first fake-quantizes the activation per token (after x * pre_scale)."""
 
-    tensor_data_names = ["weight"]
-    tensor_attribute_names = ["act_dtype"]
-    optional_tensor_data_names = ["pre_scale"]
+    tensor_data_names: ClassVar[list[str]] = ["weight"]
+    tensor_attribute_names: ClassVar[list[str]] = ["act_dtype"]
+    optional_tensor_data_names: ClassVar[list[str]] = ["pre_scale"]
 
     def __new__(cls, weight, act_dtype, pre_scale=None):
         return torch.Tensor._make_wrapper_subclass(cls, weight.shape, dtype=weight.dtype, device=weight.device,

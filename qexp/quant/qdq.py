@@ -58,7 +58,8 @@ def quantize(w: torch.Tensor, dtype: str, granularity: str, group_size: int | No
 def dequantize(q: torch.Tensor, scale: torch.Tensor, group_size: int | None = None,
                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The real-mode weight's dequantization (the kernels' reference), so fake and real cannot drift apart."""
-    from qexp.kernels.reference import dequantize_weight  # late: qexp.kernels.reference imports this module
+    # imported late: qexp.kernels.reference imports this module
+    from qexp.kernels.reference import dequantize_weight
 
     return dequantize_weight(q, scale, group_size, out_dtype)
 

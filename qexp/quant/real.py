@@ -10,6 +10,7 @@ through TorchAOBaseTensor's flatten / _to_copy / detach / clone support.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torchao.core.config import AOBaseConfig
@@ -29,10 +30,10 @@ class QuantizedWeight(TorchAOBaseTensor):
     (W8A16); "int8" / "fp8" = dynamic per-token activation quantization (W8A8), x * pre_scale (K,) first.
     """
 
-    tensor_data_names = ["qdata", "scale"]
-    tensor_attribute_names = ["dtype"]
-    optional_tensor_data_names = ["pre_scale"]
-    optional_tensor_attribute_names = ["group_size", "act_dtype"]
+    tensor_data_names: ClassVar[list[str]] = ["qdata", "scale"]
+    tensor_attribute_names: ClassVar[list[str]] = ["dtype"]
+    optional_tensor_data_names: ClassVar[list[str]] = ["pre_scale"]
+    optional_tensor_attribute_names: ClassVar[list[str]] = ["group_size", "act_dtype"]
 
     def __new__(cls, qdata, scale, dtype, pre_scale=None, group_size=None, act_dtype=None):
         return torch.Tensor._make_wrapper_subclass(cls, qdata.shape, dtype=dtype, device=qdata.device,

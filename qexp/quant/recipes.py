@@ -6,7 +6,7 @@ smooth x fake | real                 -> SmoothQuantConfig (W8A8: per-row weight,
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchao.core.config import AOBaseConfig

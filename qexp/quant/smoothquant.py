@@ -16,8 +16,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torchao.core.config import AOBaseConfig
