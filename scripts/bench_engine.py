@@ -112,7 +112,8 @@ def bench_hf(model, args) -> dict:
 
 def profile(llm: LLM, out_dir: str) -> None:
     """Where the time goes: one prefill batch and 32 decode steps at the benchmark's batch size."""
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
     with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
         llm.generate(_prompts(16, 1000, 7), SamplingParams(max_tokens=1))
         torch.cuda.synchronize()

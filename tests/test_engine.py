@@ -47,7 +47,7 @@ def _hf_logits(model, seq):
 
 
 def _engine(model, **kw):
-    args = dict(block_size=8, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=256)
+    args = {"block_size": 8, "max_num_seqs": 8, "max_num_batched_tokens": 256, "max_model_len": 256}
     args.update(kw)
     return LLM(model, **args)
 
@@ -138,9 +138,11 @@ def test_sampling_seeded_and_top_p(model_fp32, prompts, hf_greedy32):
 
 def test_eos_stops_generation(model_fp32, prompts, hf_greedy32):
     llm = _engine(model_fp32)
-    llm.scheduler.eos_token_id = hf_greedy32[1][4]  # pretend the 5th greedy token of prompt 1 is EOS
+    assert llm.scheduler.eos_token_ids == {151645}  # the tiny config's eos_token_id
+    eos = hf_greedy32[1][4]
+    llm.scheduler.eos_token_ids = {eos, -5}  # pretend the 5th greedy token of prompt 1 is an EOS id
     out = llm.generate(prompts[1:2], SamplingParams(max_tokens=32))
-    assert out[0] == hf_greedy32[1][:hf_greedy32[1].index(llm.scheduler.eos_token_id) + 1]
+    assert out[0] == hf_greedy32[1][:hf_greedy32[1].index(eos) + 1]
 
 
 def test_bad_requests_are_rejected_with_clear_errors(model_fp32):

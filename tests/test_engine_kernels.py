@@ -4,7 +4,11 @@ import math
 import pytest
 import torch
 
-from qexp.engine.attention import AttentionMetadata, paged_attention_reference, store_kv_reference
+from qexp.engine.attention import (
+    AttentionMetadata,
+    paged_attention_reference,
+    store_kv_reference,
+)
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -71,7 +75,10 @@ def test_store_kv_writes_slots_and_skips_padding():
 
 
 def test_fused_norms_match_hf_modules(tiny_model_dir):
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
+    from transformers.models.qwen3.modeling_qwen3 import (
+        Qwen3RMSNorm,
+        apply_rotary_pos_emb,
+    )
 
     from qexp.engine.kernels import qk_norm_rope, rms_norm, silu_mul
     norm = Qwen3RMSNorm(2048, eps=1e-6).to(DEV, torch.bfloat16)

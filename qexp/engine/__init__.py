@@ -3,4 +3,4 @@ Triton attention and CUDA-graph decode on GPU; plain-torch fallbacks on CPU)."""
 from qexp.engine.llm import LLM, EngineError
 from qexp.engine.sampling import SamplingParams
 
-__all__ = ["LLM", "SamplingParams", "EngineError"]
+__all__ = ["LLM", "EngineError", "SamplingParams"]

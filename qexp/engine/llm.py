@@ -30,7 +30,9 @@ class LLM:
                  gpu_memory_utilization: float = 0.85, enforce_eager: bool = False,
                  enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None) -> None:
         """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
-        (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB)."""
+        (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB). On CUDA the cache
+        holds that memory until the LLM is deleted, so build one engine per model and process. Generation also
+        stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device."""
         cfg = model.config
         max_model_len = min(max_model_len, cfg.max_position_embeddings)
         if max_num_batched_tokens < max_model_len:
@@ -50,10 +52,11 @@ class LLM:
             raise EngineError(f"the KV cache holds {n_blocks * block_size} tokens < max_model_len "
                               f"({max_model_len}); lower max_model_len or give the cache more memory")
         self.block_manager = BlockManager(n_blocks, block_size, enable_prefix_caching)
+        # like HF generate: stop at any of the generation config's EOS ids (Qwen3 lists two)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or cfg.eos_token_id
-        self.eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        eos_ids = set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, max_model_len,
-                                   self.eos_token_id)
+                                   eos_ids)
         self.device = self.runner.device
 
     @property

@@ -20,7 +20,11 @@ import warnings
 import numpy as np
 import torch
 
-from qexp.engine.attention import AttentionMetadata, paged_attention_reference, store_kv_reference
+from qexp.engine.attention import (
+    AttentionMetadata,
+    paged_attention_reference,
+    store_kv_reference,
+)
 from qexp.engine.sequence import Sequence
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given

@@ -11,12 +11,12 @@ from qexp.engine.sequence import Sequence, Status
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int, eos_token_id: int | None) -> None:
+                 max_model_len: int, eos_token_ids: set[int]) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = eos_token_ids
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
         self.num_preemptions = 0
@@ -79,7 +79,7 @@ class Scheduler:
         for seq, tok in zip(seqs, token_ids):
             seq.append_token(tok)
             p = seq.params
-            if ((not p.ignore_eos and tok == self.eos_token_id) or seq.num_completion_tokens >= p.max_tokens
+            if ((not p.ignore_eos and tok in self.eos_token_ids) or seq.num_completion_tokens >= p.max_tokens
                     or len(seq) >= self.max_model_len):
                 self.finish(seq)
                 finished.append(seq)

@@ -1,9 +1,20 @@
 """Triton kernels of the engine's CUDA path (imported only when the model runs on a GPU)."""
 from qexp.engine.kernels.elementwise import qk_norm_rope, rms_norm, silu_mul
-from qexp.engine.kernels.paged_attention import decode_attention, prefill_attention, store_kv
+from qexp.engine.kernels.paged_attention import (
+    decode_attention,
+    prefill_attention,
+    store_kv,
+)
 
-__all__ = ["rms_norm", "qk_norm_rope", "silu_mul", "store_kv", "paged_attention", "prefill_attention",
-           "decode_attention"]
+__all__ = [
+    "decode_attention",
+    "paged_attention",
+    "prefill_attention",
+    "qk_norm_rope",
+    "rms_norm",
+    "silu_mul",
+    "store_kv",
+]
 
 
 def paged_attention(q, k_cache, v_cache, meta, scale: float):

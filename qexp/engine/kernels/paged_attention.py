@@ -166,11 +166,13 @@ def _decode_combine_kernel(part_acc, part_ml, out_ptr, D: tl.constexpr, SPLITS: 
 def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, max_seqlen_q: int,
                       scale: float) -> torch.Tensor:
     """q (T, H, D) packed new tokens -> (T, H, D); causal over each sequence's cached + new keys."""
-    T, H, D = q.shape
+    _, H, D = q.shape
     B = context_lens.shape[0]
     KV, block_size = k_cache.shape[2], k_cache.shape[1]
     out = torch.empty_like(q)
-    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), B, H)  # noqa: E731
+
+    def grid(meta):
+        return triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), B, H
     # autotuned once per head layout (on the engine's warm-up prefill); the kernel only writes `out`
     _prefill_kernel[grid](q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
                           block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size)
