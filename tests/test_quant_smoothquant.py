@@ -214,3 +214,12 @@ def test_calibration_batches_come_from_unevaluated_splits(tokenizer, shared_data
     assert len(prompts) == 3 and all("\nAnswer: " in p for p in prompts)
     with pytest.raises(ConfigError, match="calib_samples 10000 exceeds the 285 MMLU dev questions"):
         calibration_batches(RunConfig(calib_samples=10000, calib_data="mmlu", data_dir=str(shared_data)), tokenizer)
+
+
+def test_smoothing_a_tied_lm_head_leaves_the_embedding_alone(tiny, calib):
+    m = copy.deepcopy(tiny)
+    assert m.lm_head.weight is m.model.embed_tokens.weight  # tied, as in Qwen3-1.7B
+    cfg = RunConfig(dtype="int8", quant="smooth", include_lm_head=True).validate()
+    r = quantize_model(m, cfg, calibration_batches=calib)
+    assert r.quantized == 15 and m.lm_head.weight.pre_scale is not None
+    assert torch.equal(m.model.embed_tokens.weight, tiny.model.embed_tokens.weight)

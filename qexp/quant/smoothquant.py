@@ -124,8 +124,8 @@ def smooth_model(model: torch.nn.Module, targets: dict[str, torch.nn.Module], ac
         mods = [targets[f] for f in g.fqns]
         act = torch.stack([act_absmax[f] for f in g.fqns]).amax(dim=0)
         s = smoothing_factor(act, [m.weight for m in mods], alpha).to(mods[0].weight.device)
-        for m in mods:
-            m.weight.copy_((m.weight.float() * s).to(m.weight.dtype))
+        for m in mods:  # a new tensor, not copy_: a tied lm_head must not rescale the embedding it shares
+            m.weight = torch.nn.Parameter((m.weight.float() * s).to(m.weight.dtype), requires_grad=False)
         if g.fold_into is None:
             pre_scales[g.fqns[0]] = 1.0 / s
         else:  # producer linear: divide its output rows (and bias); norm: y = weight * normalized(x) (+ bias)
