@@ -79,6 +79,28 @@ def test_config_lookup_and_candidates():
         assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
 
 
+def test_tuned_table_is_complete_and_used():
+    """The shipped H100 table covers every kind x Qwen3-1.7B shape x M bucket with configs the kernels accept."""
+    import json
+    name = "NVIDIA H100 80GB HBM3"
+    table = json.loads(configs.tuned_path(name).read_text())["configs"]
+    kinds = [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128, 256, 512)]
+    kinds += ["w8a8-int8", "w8a8-fp8"]
+    shapes = [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)]
+    for kd in kinds:
+        for k, n in shapes:
+            for m in configs.M_BUCKETS:
+                cfg = table[configs.key(kd, n, k, m)]
+                assert configs.lookup(kd, n, k, m, name) == cfg
+                assert cfg["backend"] in ("triton", "gemv", "dequant_mm", "scaled_mm", "scaled_mm_fast")
+                if cfg["backend"] in ("triton", "gemv"):
+                    assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
+                if kd.startswith("w8a8"):
+                    assert cfg["backend"] != "dequant_mm"
+                if cfg["backend"].startswith("scaled_mm"):
+                    assert kd == "w8a8-fp8"
+
+
 # ---------------------------------------------------------------- fused kernels (GPU)
 
 RECIPES = [("int8", "tensor", None), ("int8", "row", None), ("int8", "group", 64), ("int8", "group", 128),

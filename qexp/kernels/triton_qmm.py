@@ -1,8 +1,9 @@
 """One Triton GEMM for every 8-bit recipe: out = x @ dequant(w_q).T, the weight dequantized in registers.
 
-Computed "swapped" (out.T = W @ x.T): the weight tile is the MMA's A operand, so the int8/fp8 -> bf16 convert
-stays in registers (Hopper's wgmma takes A from registers), and the N dimension of the weight fills the 64-row
-MMA even when M is 1 (decode). Modes:
+SWAP_AB (default) computes out.T = W @ x.T: the weight tile is the MMA's A operand, so the int8/fp8 -> bf16
+convert stays in registers (Hopper's wgmma takes A from registers) and the weight's N dimension fills the 64-row
+MMA even for small M; SWAP_AB=False computes x @ W.T (x as A, the converted weight as B), which the tuner picks
+for some large-M cells. Modes:
   W8A16 (A8=False): x bf16/fp16, w int8 or fp8 converted to x's dtype, fp32 accumulation.
   W8A8  (A8=True):  x already quantized per token (int8 or fp8, same dtype as w), int32 / fp32 accumulation,
                     per-token x scale applied in the epilogue.
