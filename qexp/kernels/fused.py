@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from qexp.kernels import configs
-from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_act_quant import quantize_activation
+from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_qmm import qmm
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)

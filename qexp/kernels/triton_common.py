@@ -1,5 +1,5 @@
 """Pieces shared by the quantized GEMM / GEMV kernels: the int8 -> float convert and the epilogue."""
-import triton  # noqa: F401 (triton.jit)
+import triton
 import triton.language as tl
 
 

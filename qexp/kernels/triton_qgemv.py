@@ -37,7 +37,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
     x_ptrs = x_ptr + offs_m_ld[:, None] * stride_xm + (kt_begin * BLOCK_K + offs_k)[None, :]
     if A8:  # first pass over the whole rows (L2-resident at decode sizes): per-token scale, as act_quant computes it
         amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for kt in range(0, tl.cdiv(K, BLOCK_K)):
+        for kt in range(tl.cdiv(K, BLOCK_K)):
             kmask = offs_k < K - kt * BLOCK_K
             xr = tl.load(x_ptr + offs_m_ld[:, None] * stride_xm + (kt * BLOCK_K + offs_k)[None, :],
                          mask=kmask[None, :], other=0.0)
@@ -51,7 +51,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for i in range(0, tiles_per_split):
+    for i in range(tiles_per_split):
         kt = kt_begin + i
         if EVEN_K:
             w = tl.load(w_ptrs)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 import triton
 import triton.language as tl
@@ -61,7 +60,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
         w_ptrs = w_ptr + offs_n_ld[None, :] * stride_wn + (kt_begin * BLOCK_K + offs_k)[:, None]
         x_ptrs = x_ptr + offs_m_ld[:, None] * stride_xm + (kt_begin * BLOCK_K + offs_k)[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT_ACC else tl.float32)
-    for i in range(0, tiles_per_split):
+    for i in range(tiles_per_split):
         kt = kt_begin + i
         if EVEN_K:
             w = tl.load(w_ptrs)
