@@ -30,8 +30,8 @@ def sample_questions(sizes: dict[str, int], num_samples: int, seed: int) -> dict
 
 
 def load_mmlu_tasks(dataset_path: str, subjects: list[str] | None = None):
-    """The built lm-eval group (top object) and its subject tasks {name: Task}: the stock `mmlu` group (or
-    some of its subject tasks), with `dataset_path` redirected when it is not the hub's."""
+    """(TaskManager, the built lm-eval group, its subject tasks {name: Task}): the stock `mmlu` group (or some
+    of its subject tasks), with `dataset_path` redirected when it is not the hub's."""
     override = {} if dataset_path == MMLU_HUB else {"dataset_path": dataset_path}
     members = None
     if subjects is not None:
@@ -41,8 +41,7 @@ def load_mmlu_tasks(dataset_path: str, subjects: list[str] | None = None):
     manager, name = task_manager(["mmlu/default"], members, group="qexp_mmlu")
     name = name or "mmlu"
     loaded = manager.load([name])
-    top = loaded["groups"][name]
-    return top, loaded["tasks"]
+    return manager, loaded["groups"][name], loaded["tasks"]
 
 
 def evaluate_mmlu(lm, cfg, subjects: list[str] | None = None) -> tuple[dict[str, float], dict]:
@@ -50,13 +49,13 @@ def evaluate_mmlu(lm, cfg, subjects: list[str] | None = None) -> tuple[dict[str,
     from lm_eval import simple_evaluate
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    top, tasks = load_mmlu_tasks(mmlu_dataset_path(cfg), subjects)
+    manager, top, tasks = load_mmlu_tasks(mmlu_dataset_path(cfg), subjects)
     sizes = {name: len(task.eval_docs) for name, task in tasks.items()}
     samples = sample_questions(sizes, cfg.num_samples, cfg.seed)
     if samples is not None:  # lm-eval evaluates every task it is given (an empty list means all): drop them
         prune(top, keep=set(samples))
-    out = simple_evaluate(model=lm, tasks=[top], num_fewshot=NUM_FEWSHOT, samples=samples, bootstrap_iters=0,
-                          log_samples=True)
+    out = simple_evaluate(model=lm, tasks=[top], task_manager=manager, num_fewshot=NUM_FEWSHOT, samples=samples,
+                          bootstrap_iters=0, log_samples=True)
     return summarize(out, sizes, samples)
 
 
