@@ -3,7 +3,8 @@
 prefill: num_prompts distinct random prompts of prompt_length tokens, temperature 0, max_tokens 1.
 decode:  num_prompts distinct one-token prompts, generate_length tokens each, ignore_eos.
 bs1:     one one-token prompt, generate_length tokens, ignore_eos.
-Each test: one warm-up run (CUDA graphs, autotuning, allocator), then REPEATS timed runs on fresh random inputs,
+Each test: one warm-up run (CUDA graphs, autotuning, allocator; same shapes, at most WARMUP_DECODE generated tokens),
+then REPEATS timed runs on fresh random inputs,
 device-synchronised; the median time is reported. Token counts are what generate really returned.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from qexp.evals.scoring import sampling_params
 
 REPEATS = 3
+WARMUP_DECODE = 32
 
 
 def _sync(device) -> None:
@@ -40,7 +42,9 @@ def timed_generate(scorer, device, prompts, params) -> tuple[float, int]:
 
 def run_test(scorer, device, gen, vocab, n, prompt_len, max_tokens, ignore_eos, progress=None) -> dict:
     params = sampling_params(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
-    timed_generate(scorer, device, random_prompts(gen, n, prompt_len, vocab), params)  # warm-up
+    # warm-up at the same batch and prompt shapes; a few decode steps reach every decode path it will take
+    warm = sampling_params(temperature=0.0, max_tokens=min(max_tokens, WARMUP_DECODE), ignore_eos=ignore_eos)
+    timed_generate(scorer, device, random_prompts(gen, n, prompt_len, vocab), warm)
     runs = []
     for _ in range(REPEATS):
         prompts = random_prompts(gen, n, prompt_len, vocab)
