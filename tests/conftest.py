@@ -42,3 +42,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_experiment_leak():
+    """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID into os.environ; keep one test's experiment (and a
+    subprocess's `mlflow run`) from inheriting another's."""
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
