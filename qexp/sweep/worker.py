@@ -64,6 +64,9 @@ def launch(cfg_path: Path, run_id: str, uri: str, log_path: Path, gpu: str | Non
 def fork_launch(cfg_path: Path, run_id: str, uri: str, log_path: Path,
                 gpu: str | None = None) -> multiprocessing.Process:
     """Start the point's worker forked from the preloaded forkserver; exit code = `qexp run`'s."""
+    # torch.cuda.is_available() at import time (torchao does it) initialises the CUDA driver and so poisons every
+    # fork; the NVML-based check answers the same question without it (the forkserver inherits this env)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     lifeline, keep = ctx.Pipe(duplex=False)
@@ -123,6 +126,8 @@ def _forked_point(cfg_path: str, run_id: str, uri: str, log_path: str, gpu: str 
     import torch
 
     if torch.cuda._is_in_bad_fork():  # a preloaded module touched CUDA: start a clean interpreter instead
+        print("qexp sweep: CUDA was initialised before the fork; running this point in a fresh interpreter",
+              file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-m", "qexp", "run", "--config", cfg_path])
     from qexp.cli import main
 
