@@ -1,6 +1,7 @@
 """Sweep files -> points: axes, group_size handling, task merging, path resolution, one-line errors."""
 import itertools
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +9,7 @@ from qexp.config import GROUP_SIZES, ConfigError
 from qexp.sweep.cli import parse_gpus, parse_sets
 from qexp.sweep.grid import load_sweep
 
-REF = "configs/sweeps/reference.yaml"
+REF = Path(__file__).resolve().parent.parent / "configs" / "sweeps" / "reference.yaml"
 
 
 def _write(tmp_path, text):
@@ -160,3 +161,31 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
     leader_end = order.index(("end", 1))
     assert order.index(("start", 2)) > leader_end and order.index(("start", 4)) > leader_end
     assert order.index(("start", 3)) < leader_end
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.yaml"], "error: config file not found: missing.yaml"),
+    ([REF, "--gpus", "0", "--ray-address", "local"], "error: choose one of --gpus"),
+    ([REF, "--gpus", "x"], "error: --gpus takes distinct comma-separated GPU ids"),
+    ([REF, "--set", "bogus=1"], "unknown config key(s): bogus"),
+    ([REF, "--only", "int4-*", "--dry-run"], "matches no point"),
+])
+def test_sweep_cli_errors_are_one_line(args, message, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from qexp.cli import main
+
+    monkeypatch.setattr("qexp.sweep.grid.check_available", lambda sweep, where: None)
+    res = CliRunner().invoke(main, ["sweep", *map(str, args)])
+    assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    from qexp.sweep.ray_backend import import_ray
+    from qexp.sweep.resume import SweepError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(SweepError, match=r"--ray-address needs Ray: pip install"):
+        import_ray()
