@@ -48,7 +48,7 @@ def evaluate_mmlu(lm, cfg, subjects: list[str] | None = None) -> tuple[dict[str,
     """Run lm-eval's mmlu with `lm`; returns (metrics, artifacts). `subjects` restricts it (tests)."""
     from lm_eval import simple_evaluate
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     manager, top, tasks = load_mmlu_tasks(mmlu_dataset_path(cfg), subjects)
     sizes = {name: len(task.eval_docs) for name, task in tasks.items()}
     samples = sample_questions(sizes, cfg.num_samples, cfg.seed)

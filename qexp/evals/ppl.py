@@ -80,7 +80,7 @@ def lm_eval_wikitext(lm, cfg, limit: int | None = None) -> dict[str, float]:
     `limit`: only the first documents (tests)."""
     from lm_eval import simple_evaluate
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     local = wikitext_documents_dir(cfg)
     members = None
     if local is not None:  # datasets' packaged "arrow" builder reads the save_to_disk shards directly
