@@ -60,7 +60,7 @@ def store(tmp_path_factory):
     client.create_run(exp_id, tags={"qexp.sweep.role": "parent"})  # no recipe: never a table row
     # a sweep: parent + two children in their own experiment
     sweep_exp = client.create_experiment("sweep-exp")
-    parent = client.create_run(sweep_exp, tags={"qexp.sweep.role": "parent"}).info.run_id
+    parent = client.create_run(sweep_exp, tags={"qexp.sweep.role": "parent", "qexp.sweep.name": "s1"}).info.run_id
     for i, key in enumerate(("bf16", "int8-row-real")):
         _log_run(client, sweep_exp, key, i, {"mlflow.parentRunId": parent})
     _log_run(client, sweep_exp, "fp8-group128-fake", 5)  # same experiment, not a child
@@ -161,6 +161,8 @@ def test_sweep_mode_reads_children_and_logs_report_to_parent(store, tmp_path):
     assert sorted(f.name for f in files) == ["accuracy_vs_throughput.png", "ppl_delta_by_granularity.png", "report.md"]
     res = CliRunner().invoke(main, ["compare", "--sweep", store["parent"]])
     assert res.exit_code == 0, res.output
+    by_name = CliRunner().invoke(main, ["compare", "--sweep", "s1"])  # the sweep's name finds its parent too
+    assert by_name.exit_code == 0 and by_name.output == res.output
     logged = {a.path for a in MlflowClient(store["uri"]).list_artifacts(store["parent"], "report")}
     assert {"report/report.md", "report/report.html", "report/perplexity.csv",
             "report/ppl_delta_by_granularity.png"} <= logged

@@ -11,8 +11,8 @@ from qexp.compare.report import FORMATS
 
 @click.command("compare")
 @click.option("--experiment", help="MLflow experiment to read (default qexp).")
-@click.option("--sweep", "sweep_run", metavar="RUN_ID", help="A sweep's parent run id: compare its child runs "
-              "(the tables and plots are also logged to that run under report/).")
+@click.option("--sweep", "sweep_run", metavar="RUN_ID|NAME", help="A sweep's parent run id, or the sweep's name (its "
+              "latest parent run): compare its child runs (tables and plots are also logged to that run under report/).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="md", show_default=True, help="Table format.")
 @click.option("--out", type=click.Path(file_okay=False), help="Directory for the tables and the PNG plots.")
 def compare_cmd(experiment, sweep_run, fmt, out) -> None:

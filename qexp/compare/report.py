@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 
 from qexp.compare import plots
-from qexp.compare.runs import by_recipe, parse_recipe, search
+from qexp.compare.runs import by_recipe, parse_recipe, search, sweep_parent
 from qexp.compare.tables import all_tables
 from qexp.tracking import tracking_uri
 
@@ -92,8 +92,10 @@ def compare(experiment: str | None, sweep: str | None, fmt: str, out: Path | Non
     return render(tables, fmt), files
 
 
-def log_report(parent_run_id: str) -> None:
-    """Tables (md, html, csv) and plots of a sweep, logged under report/ of its parent run."""
+def log_report(sweep: str) -> None:
+    """Tables (md, html, csv) and plots of a sweep (parent run id or sweep name), logged under report/ of its
+    parent run."""
+    parent_run_id = sweep_parent(sweep).info.run_id
     with tempfile.TemporaryDirectory(prefix="qexp-report-") as d:
         out = Path(d)
         runs = search(sweep=parent_run_id)

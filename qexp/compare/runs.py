@@ -49,11 +49,8 @@ def search(experiment: str | None = None, sweep: str | None = None) -> pd.DataFr
     """FINISHED qexp runs of an experiment, or the children of a sweep's parent run."""
     mlflow.set_tracking_uri(tracking_uri())
     if sweep:
-        try:
-            parent = mlflow.get_run(sweep)
-        except mlflow.exceptions.MlflowException:
-            raise CompareError(f"no run with id {sweep!r} in {tracking_uri()}") from None
-        df = mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep}'",
+        parent = sweep_parent(sweep)
+        df = mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                 max_results=50000)
     else:
         name = experiment or "qexp"
@@ -63,6 +60,20 @@ def search(experiment: str | None = None, sweep: str | None = None) -> pd.DataFr
     if df.empty or "tags.qexp.recipe" not in df:
         raise CompareError("no qexp runs found" + (f" under sweep {sweep}" if sweep else f" in experiment {experiment or 'qexp'}"))
     return df[(df["status"] == "FINISHED") & df["tags.qexp.recipe"].notna()]
+
+
+def sweep_parent(ref: str):
+    """A sweep's parent run from its run id, or from the sweep's name (its latest parent run)."""
+    try:
+        return mlflow.get_run(ref)
+    except mlflow.exceptions.MlflowException:
+        pass
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                              filter_string=f"tags.`qexp.sweep.role` = 'parent' and tags.`qexp.sweep.name` = '{ref}'",
+                              order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise CompareError(f"no sweep parent run with id or sweep name {ref!r} in {tracking_uri()}")
+    return runs[0]
 
 
 def by_recipe(runs: pd.DataFrame) -> pd.DataFrame:
