@@ -47,7 +47,8 @@ def score_total(scorer, seqs: list[list[int]], starts: list[int], progress: Prog
 
 def wikitext_test_ids(cfg, tokenizer) -> list[int]:
     """Token ids of "\\n\\n".join(test rows), the HF perplexity-recipe string (no special tokens)."""
-    return tokenizer("\n\n".join(wikitext_rows(cfg, "test")), add_special_tokens=False)["input_ids"]
+    text = "\n\n".join(wikitext_rows(cfg, "test"))
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # longer than model_max_length
 
 
 def token_ppl(scorer, ids: list[int], context: int, stride: int, start_progress=None, progress=None):
