@@ -145,12 +145,12 @@ def raw_to_rows(text: str) -> list[str]:
 
 
 def wikitext_rows(cfg, split: str = "test") -> list[str]:
-    """The rows of WikiText-2 raw (HF `wikitext`, `wikitext-2-raw-v1`)."""
+    """The rows of WikiText-2 raw (HF `Salesforce/wikitext`, `wikitext-2-raw-v1`)."""
     local = local_data_dir(cfg)
     if local is None:
         import datasets
 
-        return list(datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
+        return list(datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)["text"])
     name = {"test": "wiki.test.raw", "validation": "wiki.valid.raw"}[split]
     path = local / "wikitext-2-raw" / name
     if not path.is_file():

@@ -1,10 +1,11 @@
 """Task "ppl": WikiText-2 test perplexity, standard (sliding window + lm-eval wikitext) or seed protocol."""
 from __future__ import annotations
 
+from qexp.config import ConfigError
 from qexp.evals.data import wikitext_rows
 from qexp.evals.lm_adapter import QexpLM
 from qexp.evals.ppl import lm_eval_wikitext, seed_ppl, token_ppl
-from qexp.evals.scoring import scorer_for, wikitext_ids
+from qexp.evals.scoring import max_length, scorer_for, wikitext_ids
 from qexp.tasks import register_task
 from qexp.tracking import log_json
 
@@ -17,6 +18,10 @@ def run(ctx) -> dict[str, float]:
         value, info = seed_ppl(scorer, ctx.tokenizer, wikitext_rows(cfg, "test"), cfg.ppl_lines, ctx.advance)
         log_json({"protocol": "seed", **info}, "ppl/config.json")
         return {"ppl.seed_ppl": value}
+    limit = max_length(scorer, ctx.model)
+    if cfg.ppl_context + 1 > limit:  # lm-eval's rolling windows are context + 1 tokens long
+        raise ConfigError(f"ppl_context {cfg.ppl_context} needs sequences of {cfg.ppl_context + 1} tokens; the "
+                          f"scorer takes at most {limit}")
     value, info = token_ppl(scorer, wikitext_ids(ctx), cfg.ppl_context, cfg.ppl_stride, ctx.start, ctx.advance)
     lm = QexpLM(scorer, ctx.tokenizer, max_length=cfg.ppl_context, on_start=ctx.start, on_advance=ctx.advance)
     metrics = {"ppl.token_ppl": value, **lm_eval_wikitext(lm, cfg)}
