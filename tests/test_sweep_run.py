@@ -1,4 +1,5 @@
 """Running sweeps for real on CPU: killed mid-way with SIGKILL then resumed, a live sweep refused, the Ray path."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,24 +48,33 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
     cmd = [sys.executable, "-m", "qexp", "sweep", str(TINY), "--set", "num_tests=100", "--no-report"]
     client = MlflowClient(uri)
     sweep = load_sweep(TINY, {"num_tests": 100})
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own process group: the sweep, its forkserver and workers can be frozen together (SIGSTOP)
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
     try:
         statuses = lambda: {r.info.status for r in _children(client, sweep.experiment)[1]}  # noqa: E731
         _wait_for(lambda: bool(statuses()), 120, first)
         # a second copy of the same sweep is refused while the first lives
         dup = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert dup.returncode == 2 and "is already running" in dup.stderr and len(dup.stderr.splitlines()) == 1
-        # kill once a point has FINISHED and the next one is in flight (its worker starting or running)
-        _wait_for(lambda: "FINISHED" in statuses() and statuses() & IN_FLIGHT, 120, first)
-        os.kill(first.pid, signal.SIGKILL)
+        # kill once a point has FINISHED and the next one is in flight (its worker starting or running); the
+        # group is frozen while the state is read, so the point cannot end between the look and the kill
+        while True:
+            _wait_for(lambda: "FINISHED" in statuses() and statuses() & IN_FLIGHT, 120, first)
+            os.killpg(first.pid, signal.SIGSTOP)
+            _, kids = _children(client, sweep.experiment)
+            finished_before = {r.info.run_id for r in kids if r.info.status == "FINISHED"}
+            in_flight = [r.info.run_id for r in kids if r.info.status in IN_FLIGHT]
+            if finished_before and len(in_flight) == 1:
+                break
+            os.killpg(first.pid, signal.SIGCONT)
+        os.kill(first.pid, signal.SIGKILL)  # the sweep alone; its worker wakes to find it gone
         first.wait()
     finally:
         if first.poll() is None:
             first.kill()
-    _, kids = _children(client, sweep.experiment)
-    finished_before = {r.info.run_id for r in kids if r.info.status == "FINISHED"}
-    in_flight = [r.info.run_id for r in kids if r.info.status in IN_FLIGHT]
-    assert finished_before and len(in_flight) == 1
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGCONT)
 
     second = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
