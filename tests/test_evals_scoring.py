@@ -61,3 +61,20 @@ def test_hf_generate_is_greedy_continuation(model):
         for tok in gen:  # each generated token is the argmax after the sequence so far
             assert tok == int(plain_logits(model, seq)[-1].argmax())
             seq.append(tok)
+
+
+def test_lm_generate_until_is_greedy_text_cut_at_stop(model, tokenizer_dir):
+    from lm_eval.api.instance import Instance
+
+    from qexp.evals.lm_adapter import QexpLM
+    from qexp.evals.scoring import GenerateParams
+    from qexp.models.loader import load_tokenizer
+
+    tok = load_tokenizer("unused", str(tokenizer_dir))
+    lm = QexpLM(HFScorer(model), tok, max_length=64)
+    ids = tok.encode("The capital of France is")
+    full = tok.decode(HFScorer(model).generate([ids], GenerateParams(max_tokens=6))[0], skip_special_tokens=True)
+    stop = full[len(full) // 2:][:2] or full
+    req = Instance("generate_until", doc={}, idx=0,
+                   arguments=("The capital of France is", {"until": [stop], "max_gen_toks": 6}))
+    assert lm.generate_until([req]) == [full.split(stop)[0]]
