@@ -47,7 +47,9 @@ class RunContext:
         """Our paged-attention engine over the (quantized) model: every task scores and generates through it."""
         from qexp.engine import LLM
 
-        return LLM(self.model)
+        # long enough for the PPL windows; a prompt is prefilled in one step, so the batch budget must cover it
+        max_len = max(4096, self.cfg.ppl_context + 1)
+        return LLM(self.model, max_model_len=max_len, max_num_batched_tokens=max(16384, max_len))
 
     @cached_property
     def tokenizer(self):

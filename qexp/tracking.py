@@ -18,7 +18,8 @@ from qexp.config import RunConfig
 # MLflow >= 3.7's embedded default; set explicitly so older clients and `mlflow ui` agree on it.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LIBRARIES = ("torch", "torchao", "transformers", "triton", "mlflow", "lm_eval", "datasets")
-_DIST_NAMES = {"lm_eval": "lm-eval"}
+# distributions that provide each library, first found wins (GPU images may carry only mlflow-skinny)
+_DIST_NAMES = {"lm_eval": ("lm-eval",), "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 def tracking_uri() -> str:
@@ -28,10 +29,13 @@ def tracking_uri() -> str:
 def library_versions() -> dict[str, str]:
     out = {}
     for lib in LIBRARIES:
-        try:
-            out[lib] = importlib.metadata.version(_DIST_NAMES.get(lib, lib))
-        except importlib.metadata.PackageNotFoundError:
-            out[lib] = "not-installed"
+        out[lib] = "not-installed"
+        for dist in _DIST_NAMES.get(lib, (lib,)):
+            try:
+                out[lib] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return out
 
 
