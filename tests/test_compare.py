@@ -32,6 +32,7 @@ RUNS = {  # recipe -> metrics; start-time order = dict order (later = newer)
     "fp8-group128-fake": {"mmlu.acc": 0.4950, "ppl.token_ppl": 10.5, "mmlu.acc_stem": 0.40},
     "int8-smooth-real": {"mmlu.acc": 0.5000, "ppl.token_ppl": 10.3, "throughput.decode_tok_s": 3500.0},
     "int8-tensor-fake@failed": {"mmlu.acc": 0.90, "ppl.token_ppl": 9.0},
+    "fp8-row-fake": {"quant.modules_expected": 196, "quant.num_scales": 100},  # a partial quantization report
 }
 FIDELITY_SUMMARY = {"per_layer_sqnr_db": [31.5, 28.0, "inf"], "reference_cached": True}
 
@@ -131,6 +132,7 @@ def test_tables_cell_by_cell(store):
     assert mem.loc["int8-row-real", "Weights after (MiB)"] == f"{1_413_480_448 / 2**20:,.1f}"
     assert mem.loc["int8-row-real", "Scales"] == "1,179,648" and mem.loc["int8-row-real", "Ratio"] == "0.501"
     assert (mem.loc["bf16"].drop("Peak mem (GB)") == M).all()  # bf16 quantizes nothing: no invented zeros
+    assert list(mem.loc["fp8-row-fake"]) == [M, M, M, M, "100", M]
 
     fid = t["fidelity"]
     assert list(fid.index) == ["int8-row-real"]

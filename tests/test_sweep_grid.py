@@ -153,7 +153,7 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
     order = [(kind, i) for _, kind, i, _ in events]
     assert sorted(i for kind, i in order if kind == "start") == list(range(5))
     running = 0
-    for _, kind, i, gpu in events:
+    for _, kind, _, _ in events:
         running += 1 if kind == "start" else -1
         assert running <= 2
     assert {gpu for _, kind, _, gpu in events if kind == "start"} == {"0", "1"}

@@ -29,7 +29,7 @@ def markdown(df: pd.DataFrame) -> str:
 def render(tables: dict[str, tuple[str, pd.DataFrame]], fmt: str) -> str:
     """All tables as one document; a table without rows says so instead of printing an empty grid."""
     parts = []
-    for name, (title, df) in tables.items():
+    for title, df in tables.values():
         empty = df.empty
         if fmt == "md":
             parts.append(f"## {title}\n\n" + ("_no runs with these metrics_" if empty else markdown(df)) + "\n")

@@ -157,14 +157,17 @@ def memory(df: pd.DataFrame) -> pd.DataFrame:
     rows = {}
     for r in _rows_with(df, ["quant.modules_expected", "throughput.peak_mem_gb"]):
         expected = value(df, r, "quant.modules_expected")
-        quantized = expected is not None and expected > 0  # bf16 logs an empty report: nothing was measured
-        q = (lambda m: value(df, r, m)) if quantized else (lambda m: None)
-        before, after = q("quant.weight_bytes_before"), q("quant.weight_bytes_after")
-        rows[r] = {"Modules quantized": f"{q('quant.modules_quantized'):.0f}/{expected:.0f}" if quantized else MISSING,
-                   "Weights before (MiB)": fmt(before / 2**20 if before is not None else None, ",.1f"),
-                   "Weights after (MiB)": fmt(after / 2**20 if after is not None else None, ",.1f"),
-                   "Ratio": fmt(q("quant.weight_bytes_ratio"), ".3f"),
-                   "Scales": fmt(q("quant.num_scales"), ",.0f"),
+        # bf16 logs an empty report (0 modules, 0 bytes): nothing was measured, so nothing is shown
+        quant = {m: value(df, r, f"quant.{m}") if expected else None
+                 for m in ("modules_quantized", "weight_bytes_before", "weight_bytes_after", "weight_bytes_ratio",
+                           "num_scales")}
+        mib = {k: None if quant[k] is None else quant[k] / 2**20 for k in ("weight_bytes_before", "weight_bytes_after")}
+        done = quant["modules_quantized"]
+        rows[r] = {"Modules quantized": MISSING if done is None else f"{done:.0f}/{expected:.0f}",
+                   "Weights before (MiB)": fmt(mib["weight_bytes_before"], ",.1f"),
+                   "Weights after (MiB)": fmt(mib["weight_bytes_after"], ",.1f"),
+                   "Ratio": fmt(quant["weight_bytes_ratio"], ".3f"),
+                   "Scales": fmt(quant["num_scales"], ",.0f"),
                    "Peak mem (GB)": fmt(value(df, r, "throughput.peak_mem_gb"), ".2f")}
     return _frame(rows, ["Modules quantized", "Weights before (MiB)", "Weights after (MiB)", "Ratio", "Scales",
                          "Peak mem (GB)"])
