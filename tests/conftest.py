@@ -35,6 +35,28 @@ def tiny_model_dir() -> Path:
     return TINY_MODEL
 
 
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from qexp.models.loader import load_tokenizer
+
+    return load_tokenizer("unused", str(tokenizer_dir))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A private MLflow tracking store (sqlite + artifacts under tmp_path) and qexp cache for one test."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("QEXP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

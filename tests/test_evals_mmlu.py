@@ -10,7 +10,7 @@ from qexp.evals.lm_adapter import QexpLM
 from qexp.evals.mmlu import evaluate_mmlu, sample_questions
 from qexp.evals.mmlu_seed import evaluate_mmlu_seed, format_question, letter_ids
 from qexp.evals.scoring import HFScorer
-from qexp.models.loader import load_model, load_tokenizer
+from qexp.models.loader import load_model
 
 SUBJECTS = ["abstract_algebra", "college_physics"]
 
@@ -27,10 +27,6 @@ def model(tiny_model_dir):
     # float32: lm-eval's HFLM takes log_softmax in the model's dtype; bf16 would round choices into ties
     return load_model(str(tiny_model_dir), "dummy", "cpu", 0, dtype=torch.float32)
 
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer("unused", str(tokenizer_dir))
 
 
 def test_local_dataset_equals_csvs(cfg, shared_data):

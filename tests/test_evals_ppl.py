@@ -9,7 +9,7 @@ from qexp.evals.data import raw_to_rows, wikitext_rows
 from qexp.evals.lm_adapter import QexpLM
 from qexp.evals.ppl import lm_eval_wikitext, seed_ppl, sliding_windows, token_ppl, wikitext_test_ids
 from qexp.evals.scoring import HFScorer
-from qexp.models.loader import load_model, load_tokenizer
+from qexp.models.loader import load_model
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,6 @@ def cfg(shared_data):
 def model(tiny_model_dir):
     return load_model(str(tiny_model_dir), "dummy", "cpu", 0, dtype=torch.float32)
 
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer("unused", str(tokenizer_dir))
 
 
 def test_rows_match_hf_layout(cfg, shared_data):

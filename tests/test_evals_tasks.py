@@ -10,17 +10,11 @@ from qexp.evals import fidelity
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("QEXP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
+def store(mlflow_store, monkeypatch):
+    # two short fidelity windows keep the tiny model's BF16 reference quick
     monkeypatch.setattr(fidelity, "NUM_WINDOWS", 2)
     monkeypatch.setattr(fidelity, "WINDOW_LEN", 64)
-    mlflow.set_tracking_uri(uri)
-    yield
-    while mlflow.active_run():
-        mlflow.end_run()
+    return mlflow_store
 
 
 def _artifact(run, path):

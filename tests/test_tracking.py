@@ -11,14 +11,8 @@ from qexp.tasks import TASK_REGISTRY, get_task
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+def store(mlflow_store):
+    return mlflow_store
 
 
 def _runs():
