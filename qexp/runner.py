@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import mlflow
 from rich.progress import Progress
 
-from qexp.config import RunConfig
+from qexp.config import ConfigError, RunConfig
 from qexp.models.loader import load_model, load_tokenizer, resolve_device
 from qexp.quant.apply import QuantReport, quantize_model
 from qexp.quant.calibration import calibration_batches
@@ -64,6 +65,11 @@ class RunContext:
             self.progress.advance(self._task, n)
 
 
+def _looks_like_path(s: str) -> bool:
+    """A local path rather than a hub id (which is `name` or `org/name`)."""
+    return s.startswith((".", "/", "~")) or s.count("/") > 1
+
+
 TASK_TOTALS = {"matmul": lambda cfg: cfg.num_tests}
 
 
@@ -73,6 +79,9 @@ def execute(cfg: RunConfig, show_progress: bool = True) -> str:
     # everything that can be checked without the model fails here, before a run exists
     tasks = {name: get_task(name) for name in cfg.tasks}
     recipe_config(cfg, device)
+    for what, path in (("data dir", cfg.data_dir), ("tokenizer dir", cfg.tokenizer)):
+        if path and _looks_like_path(path) and not Path(path).exists():
+            raise ConfigError(f"{what} {path} does not exist")
     with tracked_run(cfg, device) as run, Progress(disable=not show_progress, transient=True) as progress:
         ctx = RunContext(cfg, device, progress)
         for name, fn in tasks.items():

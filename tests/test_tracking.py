@@ -78,3 +78,14 @@ def test_cli_reports_runtime_failure_in_one_line(store, monkeypatch):
         "error: ZeroDivisionError: division by zero (run marked FAILED; traceback logged as its artifact "
         "traceback.txt)"]
     assert _runs()[0].info.status == "FAILED"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data-dir", "./no-such-dir"], "error: data dir ./no-such-dir does not exist"),
+    (["--tokenizer", "/no/such/tokenizer"], "error: tokenizer dir /no/such/tokenizer does not exist"),
+    (["--device", "cpu", "--dtype", "fp8", "--quant", "smooth"], "error: recipe fp8-smooth-real (fp8 W8A8) needs"),
+])
+def test_missing_paths_and_unsupported_recipes_fail_before_a_run(store, args, message):
+    res = CliRunner().invoke(main, ["run", *args])
+    assert res.exit_code == 2 and res.output.startswith(message), res.output
+    assert mlflow.search_experiments() == [] or _runs() == []
