@@ -81,7 +81,22 @@ def run_cmd(config_file, **opts) -> None:
             raise
         _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (run marked FAILED; traceback "
               "logged as its artifact traceback.txt)")
-    click.echo(f"run {run_id} finished: {cfg.recipe}")
+    _print_metrics(run_id, cfg.recipe)
+
+
+def _print_metrics(run_id: str, recipe: str) -> None:
+    import mlflow
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = mlflow.get_run(run_id).data.metrics
+    click.echo(f"run {run_id} finished: {recipe}")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        table.add_row(name, f"{metrics[name]:.6g}")
+    Console().print(table)
 
 
 def _register_subcommands() -> None:
