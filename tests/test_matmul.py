@@ -48,3 +48,4 @@ def test_int8_row_fake_matches_independent_quantization():
     assert got["matmul.sqnr_db"] == pytest.approx(sum(w["sqnr_db"] for w in want) / 2, rel=1e-6)
     bf16 = matmul_error(build_config(None, {"matmul_shape": [8, 24, 64], "num_tests": 2}), "cpu")
     assert 30 < got["matmul.sqnr_db"] < bf16["matmul.sqnr_db"]  # int8 adds error on top of bf16 rounding
+    assert (got["matmul.modules_quantized"], bf16["matmul.modules_quantized"]) == (1, 0)

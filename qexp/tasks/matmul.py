@@ -39,7 +39,7 @@ def matmul_error(cfg, device: str, progress=None) -> dict[str, float]:
         linear = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
         with torch.no_grad():
             linear.weight.copy_(b)
-        quantize_model(linear, cfg, calibration_batches=[a])  # SmoothQuant calibrates on this trial's A
+        report = quantize_model(linear, cfg, calibration_batches=[a])  # SmoothQuant calibrates on this trial's A
         with torch.no_grad():
             out = linear(a)
         ref = a.double() @ b.double().T
@@ -47,7 +47,9 @@ def matmul_error(cfg, device: str, progress=None) -> dict[str, float]:
             totals[key] = totals.get(key, 0.0) + v
         if progress:
             progress()
-    return {f"matmul.{key}": v / cfg.num_tests for key, v in totals.items()}
+    metrics = {f"matmul.{key}": v / cfg.num_tests for key, v in totals.items()}
+    metrics["matmul.modules_quantized"] = report.quantized  # 0 only for bf16: proof the recipe was applied
+    return metrics
 
 
 @register_task("matmul")
