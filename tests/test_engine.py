@@ -170,3 +170,13 @@ def test_torchao_quantized_model_matches_its_hf_forward(tiny_model_dir, prompts)
     for seq, g in zip(prompts, got):
         ref = _hf_logits(m, seq).log_softmax(-1)[:-1].gather(-1, torch.tensor(seq[1:])[:, None]).squeeze(-1)
         torch.testing.assert_close(g, ref, atol=0.05, rtol=0.01)
+
+
+def test_text_prompts_round_trip_through_the_tokenizer(model_fp32, tokenizer):
+    texts = ["The capital of France is", "1, 2, 3,"]
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    want = [_hf_greedy(model_fp32, p, 6) for p in ids]
+    out = _engine(model_fp32, tokenizer=tokenizer).generate_text(texts, SamplingParams(max_tokens=6, ignore_eos=True))
+    assert out == [tokenizer.decode(w) for w in want]
+    with pytest.raises(EngineError, match="need a tokenizer"):
+        _engine(model_fp32).generate_text(texts)

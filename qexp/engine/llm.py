@@ -28,7 +28,8 @@ class LLM:
     def __init__(self, model, *, block_size: int = 256, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.85, enforce_eager: bool = False,
-                 enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None) -> None:
+                 enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None,
+                 tokenizer=None) -> None:
         """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
         (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB). On CUDA the cache
         holds that memory until the LLM is deleted, so build one engine per model and process. Generation also
@@ -41,6 +42,7 @@ class LLM:
         if block_size < 1 or max_num_seqs < 1:
             raise EngineError("block_size and max_num_seqs must be >= 1")
         self.model = model
+        self.tokenizer = tokenizer  # only for text prompts (generate_text)
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.runner = ModelRunner(model, block_size=block_size, max_num_seqs=max_num_seqs,
@@ -96,6 +98,14 @@ class LLM:
             if progress is not None and finished:
                 progress(len(finished))
         return [s.completion_token_ids for s in seqs]
+
+    def generate_text(self, prompts: list[str], sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                      progress: Callable[[int], None] | None = None) -> list[str]:
+        """Text in, text out, through the LLM's tokenizer (no special tokens added, none skipped on decode)."""
+        if self.tokenizer is None:
+            raise EngineError("text prompts need a tokenizer: LLM(model, tokenizer=...)")
+        ids = self.tokenizer(list(prompts), add_special_tokens=False).input_ids
+        return self.tokenizer.batch_decode(self.generate(ids, sampling_params, progress))
 
     def score(self, seqs: list[list[int]], start: list[int],
               progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
