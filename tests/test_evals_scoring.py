@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from qexp.engine import LLM
 from qexp.evals.scoring import HFScorer
 from qexp.models.loader import load_model
 
@@ -41,9 +42,8 @@ def test_hf_scorer_rejects_bad_start(model):
 
 
 def test_engine_matches_hf_scorer(model, seqs):
-    engine = pytest.importorskip("qexp.engine")
     seqs, start = seqs
-    llm, hf = engine.LLM(model), HFScorer(model)
+    llm, hf = LLM(model), HFScorer(model)
     for a, b in zip(llm.score(seqs, start), hf.score(seqs, start)):
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
     for a, b in zip(llm.next_token_logits(seqs, start), hf.next_token_logits(seqs, start)):

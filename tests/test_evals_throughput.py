@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from qexp.engine import LLM
 from qexp.evals import throughput
 from qexp.evals.scoring import HFScorer
 from qexp.models.loader import load_model
@@ -14,23 +15,11 @@ def test_random_prompts_distinct():
     assert len({tuple(p) for p in prompts}) == 50 and all(len(p) == 3 for p in prompts)
 
 
-def _scorers(model):
-    yield HFScorer(model)
-    try:
-        from qexp.engine import LLM
-    except ImportError:
-        return
-    yield LLM(model)
-
-
-@pytest.mark.parametrize("which", [0, 1])
-def test_throughput_counts_and_rates(tiny_model_dir, which):
+@pytest.mark.parametrize("backend", [HFScorer, LLM])
+def test_throughput_counts_and_rates(tiny_model_dir, backend):
     model = load_model(str(tiny_model_dir), "dummy", "cpu", 0)
-    scorers = list(_scorers(model))
-    if which >= len(scorers):
-        pytest.skip("qexp.engine not available")
     cfg = SimpleNamespace(seed=0, num_prompts=3, prompt_length=6, generate_length=5)
-    metrics, raw = throughput.measure_throughput(scorers[which], cfg, "cpu", model.config.vocab_size)
+    metrics, raw = throughput.measure_throughput(backend(model), cfg, "cpu", model.config.vocab_size)
     pre, dec, bs1 = raw["prefill"], raw["decode"], raw["bs1_decode"]
     assert len(pre["runs"]) == len(dec["runs"]) == throughput.REPEATS
     assert pre["prompt_tokens"] == 3 * 6 and pre["generated_tokens"] == 3
