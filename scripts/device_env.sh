@@ -1,4 +1,5 @@
-# Source at the start of every device-tool command (run from the repo root there):
+# Source at the start of every device-tool command (run from the repo root there; scripts/device_prepare.sh
+# builds the carried folders here first):
 #   source scripts/device_env.sh
 # Installs the carried wheels (.whl: torchao, mlflow-skinny, lm-eval and what the GPU image lacks) and points
 # qexp at the carried data (.data: tokenizer, MMLU, WikiText-2). Carry both: carry=[".whl", ".data"].
