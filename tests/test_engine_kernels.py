@@ -68,10 +68,14 @@ def test_store_kv_writes_slots_and_skips_padding():
     kc = torch.randn(4, 16, 8, 128, device=DEV).bfloat16()
     vc = kc.clone()
     ref_k, ref_v = kc.clone(), vc.clone()
+    kc2, vc2 = kc.clone(), vc.clone()
     slots = torch.tensor([3, 17, 63, 0, -1, 40, 41], dtype=torch.int32, device=DEV)
     store_kv(k, v, kc, vc, slots)
     store_kv_reference(k[slots >= 0], v[slots >= 0], ref_k, ref_v, slots[slots >= 0])
     assert torch.equal(kc, ref_k) and torch.equal(vc, ref_v)
+    kv = torch.cat([k.flatten(1), v.flatten(1)], -1)  # v as a row-strided view, as the merged qkv gives it
+    store_kv(k, kv[:, 1024:].view(7, 8, 128), kc2, vc2, slots)
+    assert torch.equal(kc2, ref_k) and torch.equal(vc2, ref_v)
 
 
 def test_fused_norms_match_hf_modules(tiny_model_dir):
@@ -97,6 +101,13 @@ def test_fused_norms_match_hf_modules(tiny_model_dir):
     assert _rel(qo, rq.transpose(0, 1)) < 5e-3 and _rel(ko, rk.transpose(0, 1)) < 5e-3
     a, b = torch.randn(2, 17, 6144, device=DEV).bfloat16()
     assert _rel(silu_mul(a, b), torch.nn.functional.silu(a) * b) < 2e-3
+    # strided rows (views of a merged qkv / gate-up GEMM output) give exactly the contiguous results
+    qkv = torch.cat([q.flatten(1), k.flatten(1), torch.randn(33, 1024, device=DEV).bfloat16()], -1)
+    qs, ks, _ = qkv.split([2048, 1024, 1024], -1)
+    qo2, ko2 = qk_norm_rope(qs.view(33, 16, 128), ks.view(33, 8, 128), qn, kn, cos, sin)
+    assert torch.equal(qo2, qo) and torch.equal(ko2, ko)
+    gate, up = torch.cat([a.flatten(0, 1), b.flatten(0, 1)], -1).chunk(2, -1)
+    assert torch.equal(silu_mul(gate, up), silu_mul(a.flatten(0, 1), b.flatten(0, 1)))
 
 
 def test_engine_triton_path_matches_reference_path(tiny_model_dir):
@@ -109,7 +120,7 @@ def test_engine_triton_path_matches_reference_path(tiny_model_dir):
     fast = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
                gpu_memory_utilization=0.3)
     slow = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
-               num_kvcache_blocks=200, enforce_eager=True)
+               num_kvcache_blocks=200, enforce_eager=True, merge_projections=False)
     slow.runner.use_triton = False
     lp_fast = fast.score(prompts, [1] * 5)
     lp_slow = slow.score(prompts, [1] * 5)
@@ -127,6 +138,7 @@ def test_engine_triton_path_matches_reference_path(tiny_model_dir):
         llm.runner.decode = recording
         llm.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))
     assert fast.runner.graphs  # decode ran from captured graphs
+    assert all(x is not None for x in fast.runner.qkv) and all(x is None for x in slow.runner.qkv)
     compared = 0
     for (ids_f, lf), (ids_s, ls) in zip(steps["fast"], steps["slow"]):
         for i, (a, b) in enumerate(zip(ids_f, ids_s)):

@@ -29,11 +29,12 @@ class LLM:
                  max_num_batched_tokens: int = 16384, max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.85, enforce_eager: bool = False,
                  enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None,
-                 tokenizer=None) -> None:
+                 merge_projections: bool | None = None, tokenizer=None) -> None:
         """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
         (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB). On CUDA the cache
         holds that memory until the LLM is deleted, so build one engine per model and process. Generation also
-        stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device."""
+        stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device.
+        merge_projections: run q/k/v and gate/up as one GEMM each (qexp.engine.merge); default: on CUDA."""
         cfg = model.config
         max_model_len = min(max_model_len, cfg.max_position_embeddings)
         if max_num_batched_tokens < max_model_len:
@@ -48,7 +49,7 @@ class LLM:
         self.runner = ModelRunner(model, block_size=block_size, max_num_seqs=max_num_seqs,
                                   max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
                                   gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                                  num_kvcache_blocks=num_kvcache_blocks)
+                                  num_kvcache_blocks=num_kvcache_blocks, merge_projections=merge_projections)
         n_blocks = self.runner.num_kvcache_blocks
         if n_blocks * block_size < max_model_len:
             raise EngineError(f"the KV cache holds {n_blocks * block_size} tokens < max_model_len "

@@ -19,12 +19,14 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from qexp.engine.attention import (
     AttentionMetadata,
     paged_attention_reference,
     store_kv_reference,
 )
+from qexp.engine.merge import merge_linears
 from qexp.engine.sequence import Sequence
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
@@ -39,7 +41,8 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
 class ModelRunner:
     def __init__(self, model, *, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, gpu_memory_utilization: float, enforce_eager: bool,
-                 num_kvcache_blocks: int | None, use_triton: bool | None = None) -> None:
+                 num_kvcache_blocks: int | None, use_triton: bool | None = None,
+                 merge_projections: bool | None = None) -> None:
         self.model = model
         cfg = model.config
         self.layers = model.model.layers
@@ -58,6 +61,12 @@ class ModelRunner:
         if self.use_triton:
             from qexp.engine import kernels
             self.kernels = kernels
+        # q/k/v and gate/up as one GEMM each where the weights allow it (entry None: separate linears);
+        # by default on the fused (Triton) path only, so the CPU path stays the HF modules themselves
+        merge = self.use_triton if merge_projections is None else merge_projections
+        self.qkv = [merge_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) if merge else None
+                    for l in self.layers]
+        self.gate_up = [merge_linears([l.mlp.gate_proj, l.mlp.up_proj]) if merge else None for l in self.layers]
         self._build_rope_table(model.model.rotary_emb, max_model_len)
 
         if num_kvcache_blocks is None:
@@ -144,9 +153,11 @@ class ModelRunner:
             else:
                 residual = h
                 x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(T, H, D)
-            k = attn.k_proj(x).view(T, KV, D)
-            v = attn.v_proj(x).view(T, KV, D)
+            if self.qkv[i] is not None:  # one GEMM; q, k, v are strided views of its output rows
+                q, k, v = F.linear(x, *self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q, k, v = q.view(T, H, D), k.view(T, KV, D), v.view(T, KV, D)
             if self.use_triton:
                 q, k = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin)
                 self.kernels.store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
@@ -159,15 +170,26 @@ class ModelRunner:
             mlp = layer.mlp
             if self.use_triton:
                 x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual)
-                h = mlp.down_proj(self.kernels.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+                gate, up = self._gate_up(i, x)
+                h = mlp.down_proj(self.kernels.silu_mul(gate, up))
             else:
                 h = residual + h
                 residual = h
-                h = residual + mlp(layer.post_attention_layernorm(h))
+                if self.gate_up[i] is None:
+                    h = residual + mlp(layer.post_attention_layernorm(h))
+                else:
+                    gate, up = self._gate_up(i, layer.post_attention_layernorm(h))
+                    h = residual + mlp.down_proj(mlp.act_fn(gate) * up)
                 residual = None
         if self.use_triton:
             return self.kernels.rms_norm(h, self.model.model.norm, residual)[0]
         return self.model.model.norm(h)
+
+    def _gate_up(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mlp = self.layers[i].mlp
+        if self.gate_up[i] is None:
+            return mlp.gate_proj(x), mlp.up_proj(x)
+        return F.linear(x, *self.gate_up[i]).chunk(2, dim=-1)
 
     # -- steps -----------------------------------------------------------
     @torch.inference_mode()

@@ -39,15 +39,17 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | No
 
 
 @triton.jit
-def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, eps, NH: tl.constexpr, NH_PAD: tl.constexpr,
+def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, src_row, eps, NH: tl.constexpr, NH_PAD: tl.constexpr,
                      D: tl.constexpr):
-    """RMSNorm over D then rotary, for all NH heads of token t: a (NH_PAD, D/2) tile per half."""
+    """RMSNorm over D then rotary, for all NH heads of token t: a (NH_PAD, D/2) tile per half. src rows are
+    src_row elements apart (a view into the merged qkv output), dst is contiguous."""
     heads = tl.arange(0, NH_PAD)
     half = tl.arange(0, D // 2)
     mask = (heads < NH)[:, None]
-    off = (t * NH + heads[:, None]) * D + half[None, :]
-    x1 = tl.load(src + off, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + off + D // 2, mask=mask, other=0.0).to(tl.float32)
+    col = heads[:, None] * D + half[None, :]
+    src, dst = src + t * src_row + col, dst + t * NH * D + col
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + D // 2, mask=mask, other=0.0).to(tl.float32)
     dt = dst.dtype.element_ty
     r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
     w1 = tl.load(w_ptr + half).to(tl.float32)[None, :]
@@ -57,12 +59,12 @@ def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, eps, NH: tl.constexpr, 
     # HF: q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-q2, q1), each product rounded
     y1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
     y2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    tl.store(dst + off, y1.to(dt), mask=mask)
-    tl.store(dst + off + D // 2, y2.to(dt), mask=mask)
+    tl.store(dst, y1.to(dt), mask=mask)
+    tl.store(dst + D // 2, y2.to(dt), mask=mask)
 
 
 @triton.jit
-def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, eps,
+def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_row, k_row, eps,
                          H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr,
                          D: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)  # one token: all its q and k heads
@@ -71,38 +73,55 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, si
     c2 = tl.load(cos_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
     s1 = tl.load(sin_ptr + t * D + half).to(tl.float32)[None, :]
     s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
-    _norm_rope_heads(q_ptr, q_out, qw_ptr, c1, c2, s1, s2, t, eps, H, H_PAD, D)
-    _norm_rope_heads(k_ptr, k_out, kw_ptr, c1, c2, s1, s2, t, eps, KV, KV_PAD, D)
+    _norm_rope_heads(q_ptr, q_out, qw_ptr, c1, c2, s1, s2, t, q_row, eps, H, H_PAD, D)
+    _norm_rope_heads(k_ptr, k_out, kw_ptr, c1, c2, s1, s2, t, k_row, eps, KV, KV_PAD, D)
+
+
+def rows_view(x: torch.Tensor) -> torch.Tensor:
+    """x itself if each row (dim 0) is contiguous inside (a column slice of a merged GEMM output), else a copy."""
+    expected = 1
+    for size, stride in zip(reversed(x.shape[1:]), reversed(x.stride()[1:])):
+        if stride != expected and size > 1:
+            return x.contiguous()
+        expected *= size
+    return x
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Tensor, sin: torch.Tensor):
-    """q (T, H, D), k (T, KV, D): per-head RMSNorm (HF q_norm / k_norm weights) then rotary with cos/sin (T, D)."""
+    """q (T, H, D), k (T, KV, D): per-head RMSNorm (HF q_norm / k_norm weights) then rotary with cos/sin (T, D).
+    q and k may be row-strided views (merged qkv output); the results are contiguous."""
     T, H, D = q.shape
     KV = k.shape[1]
-    q, k = q.contiguous(), k.contiguous()
-    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+    q, k = rows_view(q), rows_view(k)
+    q_out = torch.empty((T, H, D), device=q.device, dtype=q.dtype)
+    k_out = torch.empty((T, KV, D), device=k.device, dtype=k.dtype)
     _qk_norm_rope_kernel[(T,)](q, k, q_out, k_out, q_norm.weight, k_norm.weight, cos.contiguous(),
-                               sin.contiguous(), q_norm.variance_epsilon, H=H, KV=KV,
+                               sin.contiguous(), q.stride(0), k.stride(0), q_norm.variance_epsilon, H=H, KV=KV,
                                H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
                                num_warps=4)
     return q_out, k_out
 
 
 @triton.jit
-def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n, a_row, b_row, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + row * a_row + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * b_row + offs, mask=mask, other=0.0).to(tl.float32)
     dt = out_ptr.dtype.element_ty
     s = (a * tl.sigmoid(a)).to(dt).to(tl.float32)
-    tl.store(out_ptr + offs, (s * b).to(dt), mask=mask)
+    tl.store(out_ptr + row * n + offs, (s * b).to(dt), mask=mask)
 
 
 def silu_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """HF Qwen3MLP's act_fn(gate_proj(x)) * up_proj(x) in one pass."""
-    a, b = a.contiguous(), b.contiguous()
-    out = torch.empty_like(a)
-    n = a.numel()
-    _silu_mul_kernel[(triton.cdiv(n, 2048),)](a, b, out, n, BLOCK=2048, num_warps=8)
+    """HF Qwen3MLP's act_fn(gate_proj(x)) * up_proj(x) in one pass; a, b (T, I), rows may be strided (the two
+    halves of a merged gate/up output)."""
+    shape = a.shape
+    n = shape[-1]
+    a, b = rows_view(a.reshape(-1, n)), rows_view(b.reshape(-1, n))
+    out = torch.empty(shape, device=a.device, dtype=a.dtype)
+    block = min(2048, triton.next_power_of_2(n))
+    _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, n, a.stride(0), b.stride(0), BLOCK=block,
+                                                          num_warps=8 if block >= 2048 else 4)
     return out

@@ -13,21 +13,25 @@ import torch
 import triton
 import triton.language as tl
 
+from qexp.engine.kernels.elementwise import rows_view
+
 
 @triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, ROW: tl.constexpr):
+def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, k_row, v_row, ROW: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:  # padded decode rows carry slot -1
         offs = tl.arange(0, ROW)
-        tl.store(k_cache + slot * ROW + offs, tl.load(k_ptr + t * ROW + offs))
-        tl.store(v_cache + slot * ROW + offs, tl.load(v_ptr + t * ROW + offs))
+        tl.store(k_cache + slot * ROW + offs, tl.load(k_ptr + t * k_row + offs))
+        tl.store(v_cache + slot * ROW + offs, tl.load(v_ptr + t * v_row + offs))
 
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
-    """k, v (T, KV, D) -> caches (num_blocks, block_size, KV, D) at slot_mapping (T,) (slots < 0 skipped)."""
+    """k, v (T, KV, D) -> caches (num_blocks, block_size, KV, D) at slot_mapping (T,) (slots < 0 skipped).
+    Rows may be strided (v is a view of the merged qkv output)."""
     T, KV, D = k.shape
-    _store_kv_kernel[(T,)](k.contiguous(), v.contiguous(), k_cache, v_cache, slot_mapping, ROW=KV * D,
+    k, v = rows_view(k), rows_view(v)
+    _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=KV * D,
                            num_warps=4)
 
 
