@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--batched-tokens", default="16384", help="engine max_num_batched_tokens (comma list)")
     ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, ... (real mode)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--merge", default="on", choices=["on", "off", "both"],
+                    help="merged q/k/v and gate/up GEMMs (both: also time separate linears, key '<recipe>-unmerged')")
     ap.add_argument("--sections", default="prefill,decode", help="prefill and/or decode (decode includes batch-1)")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
     ap.add_argument("--out", default="benchmarks/engine.json")
@@ -162,25 +164,30 @@ def main() -> None:
             from qexp.config import RunConfig
             from qexp.quant.apply import quantize_model
             dtype, quant = recipe.split("-")
+            # SmoothQuant calibrates on token batches; random ids suit dummy weights (only timing is measured)
+            calib = [torch.tensor(p, device="cuda")[None] for p in _prompts(4, 512, 11)] if quant == "smooth" else None
             try:
-                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real").validate())
+                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real").validate(),
+                               calibration_batches=calib)
             except Exception as e:  # noqa: BLE001 - recorded, the other recipes still run
                 result["engine"][recipe] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"[{recipe}] quantization failed: {e}", flush=True)
                 continue
         elif not args.skip_hf:
             result["hf_eager"] = bench_hf(model, args)
-        for bt in args.batched_tokens:
-            key = recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}"
+        merges = {"on": [True], "off": [False], "both": [False, True]}[args.merge]
+        for bt, merge in [(bt, m) for bt in args.batched_tokens for m in merges]:
+            key = (recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}") + ("" if merge else "-unmerged")
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             llm = None
             try:
-                llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=bt)
+                llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=bt,
+                          merge_projections=merge)
                 init_s = time.perf_counter() - t0
                 res = bench_engine(llm, args, key) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks,
-                                                      "max_num_batched_tokens": bt}
+                                                      "max_num_batched_tokens": bt, "merged": merge}
                 if args.profile and recipe == "bf16":
                     profile(llm, args.profile)
             except Exception as e:  # noqa: BLE001

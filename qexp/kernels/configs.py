@@ -77,16 +77,27 @@ def candidates(kind_: str, m: int) -> list[dict]:
     elif b == 64:
         out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=2), _triton(64, 64, 128, split_k=4),
                _triton(32, 64, 128, split_k=4), _triton(128, 64, 64, split_k=2), _triton(64, 32, 128, split_k=2),
-               _triton(64, 64, 64, split_k=2, swap=False)]
+               _triton(64, 64, 64, split_k=2, swap=False), _triton(128, 64, 128, split_k=2, stages=3),
+               _triton(128, 64, 64, swap=False), _triton(128, 64, 128, split_k=2, stages=3, swap=False)]
     elif b == 256:
         out = [_triton(64, 64, 64), _triton(64, 64, 128, split_k=2), _triton(128, 64, 64),
                _triton(128, 64, 64, split_k=2), _triton(64, 128, 64, split_k=2), _triton(128, 128, 64, warps=8),
-               _triton(128, 64, 64, swap=False), _triton(128, 64, 64, split_k=2, swap=False)]
+               _triton(128, 64, 64, swap=False), _triton(128, 64, 64, split_k=2, swap=False),
+               # larger tiles: fewer L2 re-reads of x and w, more MMA per converted weight element
+               _triton(128, 128, 64, split_k=2, warps=8), _triton(64, 256, 64, stages=3),
+               _triton(128, 256, 64, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3, swap=False),
+               _triton(128, 128, 64, split_k=2, warps=8, swap=False), _triton(128, 256, 64, warps=8, stages=3,
+                                                                              swap=False)]
     else:
         out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 64, warps=8, stages=3, swap=False),
                _triton(128, 128, 64, warps=8, stages=4, swap=False), _triton(256, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False)]
-    if kind_.startswith("w8a16-int8") and 16 <= b <= 256:  # int8 convert: bit trick (default) or I2F, per tile
+               _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False),
+               _triton(256, 128, 64, warps=8, stages=4, swap=False), _triton(128, 256, 64, warps=8, stages=3,
+                                                                             swap=False),
+               _triton(128, 256, 64, warps=8, stages=3), _triton(128, 128, 64, stages=4, swap=False),
+               _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=4),
+               _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=16)]
+    if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
