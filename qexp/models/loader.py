@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from qexp.models.dummy_weights import fill_dummy
+
 DTYPE = torch.bfloat16
 OFFLINE_HINT = ("no network access to the Hugging Face hub? pass a local dir, or --load-format dummy with a "
                 "config.json for random weights (e.g. configs/models/tiny-qwen3), and --tokenizer DIR")
@@ -41,7 +43,8 @@ def load_model(model: str, load_format: str = "auto", device: str = "cpu", seed:
     """Qwen3ForCausalLM in eval mode on `device`.
 
     dummy weights follow transformers' own init (normal(0, initializer_range)), drawn from a generator seeded
-    with `seed` on the CPU, so the same seed gives the same weights on every device.
+    with `seed` on the CPU, so the same seed gives the same weights on every device (cached on disk after the
+    first draw: qexp.models.dummy_weights).
     """
     from transformers import AutoModelForCausalLM
 
@@ -51,7 +54,7 @@ def load_model(model: str, load_format: str = "auto", device: str = "cpu", seed:
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(config, dtype=dtype)
         m = m.to_empty(device=device)
-        _init_dummy(m, seed, config.initializer_range)
+        fill_dummy(m, config, seed, dtype)
         return m.eval()
     try:
         m = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
@@ -61,26 +64,6 @@ def load_model(model: str, load_format: str = "auto", device: str = "cpu", seed:
                                  "weights") from None
         raise ModelLoadError(f"cannot load model {model!r}: {_first_line(e)}; {OFFLINE_HINT}") from None
     return m.to(device).eval()
-
-
-@torch.no_grad()
-def _init_dummy(model: torch.nn.Module, seed: int, std: float) -> None:
-    """Deterministic, device-independent random init: normal weights, unit norms, rotary buffers rebuilt."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            p.fill_(1.0)
-        elif p.dim() >= 2:
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std))
-        else:
-            p.zero_()
-    # non-persistent buffers (rotary inv_freq) were left uninitialised by to_empty: rebuild them on the CPU
-    for mod in model.modules():
-        if "inv_freq" in dict(mod.named_buffers(recurse=False)) and hasattr(mod, "config"):
-            fresh = type(mod)(mod.config)
-            for bname, buf in fresh.named_buffers(recurse=False):
-                getattr(mod, bname).copy_(buf)
-    model.tie_weights()
 
 
 def load_tokenizer(model: str, tokenizer: str | None = None):
