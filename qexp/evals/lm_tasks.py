@@ -14,7 +14,10 @@ from pathlib import Path
 import lm_eval.tasks
 import yaml
 
+from qexp.evals import lm_templates
 from qexp.evals.data import cache_dir
+
+lm_templates.install()
 
 STOCK_TASKS = Path(lm_eval.tasks.__file__).parent
 
