@@ -12,6 +12,8 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from qexp.evals.token_cache import encode_batch
+
 DEFAULT_MAX_LENGTH = 2048
 CALL_TOKENS = 65536  # tokens per scorer call: large enough to fill a GPU, small enough to bound returned logits
 
@@ -62,13 +64,13 @@ class QexpLM(TemplateLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """TemplateLM's, with every string its pair encoding will need encoded first in one batched call
-        (parallel in the fast tokenizer; one by one, MMLU's 5-shot contexts take seconds)."""
+        (parallel in the fast tokenizer, and cached on disk: every sweep point asks for the same strings)."""
         strings = set()
         for context, continuation in (req.args for req in requests):
             if context:
                 strings.update((context.rstrip(), context + continuation))  # what _encode_pair encodes
         strings = sorted(strings)
-        self._encoded = dict(zip(strings, self.tokenizer(strings)["input_ids"])) if strings else {}
+        self._encoded = dict(zip(strings, encode_batch(self.tokenizer, strings)))
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:

@@ -15,6 +15,7 @@ from typing import Callable
 from qexp.evals.data import wikitext_documents_dir, wikitext_rows
 from qexp.evals.lm_adapter import CALL_TOKENS, _rows_budget
 from qexp.evals.lm_tasks import task_manager
+from qexp.evals.token_cache import encode_batch
 
 Progress = Callable[[int], None]
 
@@ -48,7 +49,8 @@ def score_total(scorer, seqs: list[list[int]], starts: list[int], progress: Prog
 def wikitext_test_ids(cfg, tokenizer) -> list[int]:
     """Token ids of "\\n\\n".join(test rows), the HF perplexity-recipe string (no special tokens)."""
     text = "\n\n".join(wikitext_rows(cfg, "test"))
-    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # longer than model_max_length
+    # longer than model_max_length (verbose=False: no warning about it); cached: every sweep point needs it
+    return encode_batch(tokenizer, [text], add_special_tokens=False, verbose=False)[0]
 
 
 def token_ppl(scorer, ids: list[int], context: int, stride: int, start_progress=None, progress=None):
