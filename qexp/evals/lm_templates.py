@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import lm_eval.utils
 
-
 STOCK_APPLY_TEMPLATE = lm_eval.utils.apply_template
 
 

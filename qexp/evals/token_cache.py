@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def encode_batch(tokenizer, texts: list[str], **options) -> list[list[int]]:
     if path.is_file():
         with np.load(path) as f:
             ids, offsets = f["ids"], f["offsets"]
-        return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        return [ids[a:b].tolist() for a, b in pairwise(offsets)]
     out = tokenizer(texts, **options)["input_ids"]
     _save(path, out)
     return out

@@ -71,8 +71,8 @@ def fill_dummy(model: torch.nn.Module, config, seed: int, dtype: torch.dtype) ->
     params = dict(model.named_parameters())  # tied weights appear once
     cached = path is not None and path.is_file()
     if cached:
-        device = next(iter(params.values())).device
-        tensors = load_file(str(path), device=str(device))
+        # read on the CPU: no transient second copy in GPU memory before the engine sizes its KV cache
+        tensors = load_file(str(path))
         if tensors.keys() != params.keys():
             raise RuntimeError(f"dummy weight cache {path} does not match the model's parameters; delete it")
         for name, p in params.items():
