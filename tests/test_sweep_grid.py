@@ -132,7 +132,8 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
 
     events = []  # (time, "start"/"end", index, gpu)
 
-    def fake_launch(cfg_path, run_id, uri, log_path, gpu=None):
+    def fake_launch(cfg_path, run_id, uri, log_path, gpu=None, env=None):
+        assert env == {}  # one point per GPU: the engine's whole memory share
         log_path.write_text(f"point {run_id}")
         events.append((time.monotonic(), "start", int(run_id), gpu))
         return subprocess.Popen(["sleep", "1.0" if run_id == "1" else "0.2"])  # point 1 leads the fidelity points
@@ -163,8 +164,54 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
     assert order.index(("start", 3)) < leader_end
 
 
+def test_points_share_a_gpu_but_timed_points_run_alone(monkeypatch):
+    """run_local with --per-gpu 3 on one GPU (fake workers): the throughput points run first, each alone and with
+    the engine's whole memory share; then up to 3 points at once, each told to use a third of it."""
+    import subprocess
+    import time
+
+    from qexp.config import build_config
+    from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
+    from qexp.sweep import runner
+
+    events, envs = [], {}
+
+    def fake_launch(cfg_path, run_id, uri, log_path, gpu=None, env=None):
+        log_path.write_text("")
+        envs[int(run_id)] = env
+        events.append(("start", int(run_id)))
+        return subprocess.Popen(["sleep", "0.3"])
+
+    monkeypatch.setattr(runner, "fork_launch", fake_launch)
+    tasks = [["mmlu"], ["throughput", "mmlu"], ["ppl"], ["matmul"], ["mmlu", "throughput"], ["ppl"], ["mmlu"]]
+    todo = [(i, build_config(None, {"dtype": "int8", "quant": "row", "mode": "fake", "tasks": t, "seed": i}))
+            for i, t in enumerate(tasks)]
+    runner.run_local(todo, lambda i, cfg: runner.Job(i, cfg, str(i)),
+                     lambda job, code, log: events.append(("end", job.index)), "sqlite:///unused.db", ["0"], 3)
+    timed = {1, 4}
+    assert [i for kind, i in events if kind == "start"][:2] == [1, 4]  # timed points first, in sweep order
+    running, peak = set(), 0
+    for kind, i in events:
+        running = running | {i} if kind == "start" else running - {i}
+        assert not (running & timed) or len(running) == 1  # a timed point never shares the GPU
+        peak = max(peak, len(running))
+    assert peak == 3
+    assert all(envs[i] == {} for i in timed)
+    assert all(envs[i] == {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / 3:.4f}"} for i in set(envs) - timed)
+
+
+def test_memory_share_comes_from_the_environment(monkeypatch):
+    from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV, memory_share
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    assert memory_share() == DEFAULT_MEMORY_SHARE and memory_share(0.5) == 0.5
+    monkeypatch.setenv(MEMORY_ENV, "0.2833")
+    assert memory_share() == 0.2833 and memory_share(0.5) == 0.5
+
+
 @pytest.mark.parametrize("args, message", [
     (["missing.yaml"], "error: config file not found: missing.yaml"),
+    ([REF, "--per-gpu", "2", "--ray-address", "local"], "error: --per-gpu applies to this machine's GPUs"),
     ([REF, "--gpus", "0", "--ray-address", "local"], "error: choose one of --gpus"),
     ([REF, "--gpus", "x"], "error: --gpus takes distinct comma-separated GPU ids"),
     ([REF, "--set", "bogus=1"], "unknown config key(s): bogus"),

@@ -130,3 +130,16 @@ def test_ray_backend_runs_points_as_ray_tasks(tmp_path, monkeypatch):
     assert sorted(r.data.tags["qexp.config_hash"] for r in kids) == sorted(p.config_hash() for p in sweep.points)
     assert all(r.info.status == "FINISHED" and "matmul.max_abs_error" in r.data.metrics for r in kids)
     assert run_sweep(sweep, ray_address="local").skipped == 2  # resume: nothing left, Ray not even started
+
+
+def test_points_run_side_by_side_with_per_gpu(tmp_path, monkeypatch):
+    """--per-gpu 3 on this machine's device: the tiny grid's three points run at once, each FINISHED once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(TINY, {"num_tests": 100})
+    result = run_sweep(sweep, per_gpu=3)
+    assert result.complete and len(result.finished) == 3
+    _, kids = _children(MlflowClient(), sweep.experiment)
+    spans = sorted((r.info.start_time, r.info.end_time) for r in kids)
+    assert [r.info.status for r in kids] == ["FINISHED"] * 3
+    assert spans[1][0] < spans[0][1] and spans[2][0] < spans[0][1]  # all three in flight together

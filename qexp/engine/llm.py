@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from qexp.engine.block_manager import BlockManager
+from qexp.engine.memory import memory_share
 from qexp.engine.model_runner import ModelRunner
 from qexp.engine.sampling import SamplingParams, sample
 from qexp.engine.scheduler import Scheduler
@@ -27,11 +28,12 @@ class EngineError(ValueError):
 class LLM:
     def __init__(self, model, *, block_size: int = 256, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 16384, max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.85, enforce_eager: bool = False,
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
                  enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None,
                  merge_projections: bool | None = None, tokenizer=None) -> None:
         """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
-        (default: from free GPU memory times gpu_memory_utilization; on CPU, up to 2 GiB). On CUDA the cache
+        (default: what fits in gpu_memory_utilization of the card next to this process's own memory, the share
+        from qexp.engine.memory when not given; on CPU, up to 2 GiB). On CUDA the cache
         holds that memory until the LLM is deleted, so build one engine per model and process. Generation also
         stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device.
         merge_projections: run q/k/v and gate/up as one GEMM each (qexp.engine.merge); default: on CUDA."""
@@ -48,7 +50,8 @@ class LLM:
         self.block_size = block_size
         self.runner = ModelRunner(model, block_size=block_size, max_num_seqs=max_num_seqs,
                                   max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-                                  gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                                  gpu_memory_utilization=memory_share(gpu_memory_utilization),
+                                  enforce_eager=enforce_eager,
                                   num_kvcache_blocks=num_kvcache_blocks, merge_projections=merge_projections)
         n_blocks = self.runner.num_kvcache_blocks
         if n_blocks * block_size < max_model_len:

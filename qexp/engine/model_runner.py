@@ -30,6 +30,7 @@ from qexp.engine.merge import merge_linears
 from qexp.engine.sequence import Sequence
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
+FREE_MARGIN_BYTES = 1 << 30  # left free on the card for the CUDA context, cuBLAS workspaces and graphs
 
 
 def graph_buckets(max_num_seqs: int) -> list[int]:
@@ -108,8 +109,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _blocks_from_free_memory(self, max_num_batched_tokens: int, utilization: float) -> int:
-        """Blocks that fit in utilization * total GPU memory after the weights and the activation peak of one
-        full prefill batch (measured by running it)."""
+        """Blocks that fit in utilization * total GPU memory after this process's own memory (weights) and the
+        activation peak of one full prefill batch (measured by running it), and within what is free on the card
+        (other processes, e.g. sweep points sharing the GPU, keep their part)."""
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -133,7 +135,8 @@ class ModelRunner:
         del self.k_cache, self.v_cache
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
-        budget = total * utilization - (total - free) - activation_peak
+        own = torch.cuda.memory_reserved()
+        budget = min(total * utilization - own, free - FREE_MARGIN_BYTES) - activation_peak
         num_blocks = int(budget // self._block_bytes())
         if num_blocks < 1:
             raise RuntimeError(f"no GPU memory left for the KV cache at gpu_memory_utilization={utilization}")

@@ -12,6 +12,9 @@ from qexp.config import ConfigError
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--gpus", help="Comma-separated GPU ids, e.g. 0,1,2,3: one point per GPU at a time, each in its own process.")
+@click.option("--per-gpu", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Points run side by side on each GPU (each engine sizes its KV cache to 1/N of the card); a point "
+              "with a timed task (throughput) always runs alone on its GPU.")
 @click.option("--ray-address", help="Run each point as a Ray task (num_gpus=1 on GPU clusters): a cluster address, "
               "'auto', or 'local' for a private instance on this machine.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -21,7 +24,7 @@ from qexp.config import ConfigError
 @click.option("--fresh", is_flag=True, help="Start a new parent run instead of resuming the last one of this sweep.")
 @click.option("--dry-run", is_flag=True, help="List the points (and which are already finished) without running.")
 @click.option("--report/--no-report", default=True, help="Log `qexp compare` tables and plots to the parent run at the end (default on).")
-def sweep_cmd(sweep_file, gpus, ray_address, sets, only, fresh, dry_run, report) -> None:
+def sweep_cmd(sweep_file, gpus, per_gpu, ray_address, sets, only, fresh, dry_run, report) -> None:
     """Run a sweep file's grid of experiment runs; re-running it resumes (finished points are skipped)."""
     from qexp.sweep.grid import load_sweep, select
     from qexp.sweep.resume import SweepError
@@ -32,6 +35,8 @@ def sweep_cmd(sweep_file, gpus, ray_address, sets, only, fresh, dry_run, report)
     try:
         if gpus and ray_address:
             raise ConfigError("choose one of --gpus (this machine) and --ray-address (a Ray cluster)")
+        if per_gpu > 1 and ray_address:
+            raise ConfigError("--per-gpu applies to this machine's GPUs, not to --ray-address (Ray places the points)")
         sweep = load_sweep(sweep_file, parse_sets(sets))
         if only:
             sweep = select(sweep, [p.strip() for p in only.split(",") if p.strip()])
@@ -41,7 +46,7 @@ def sweep_cmd(sweep_file, gpus, ray_address, sets, only, fresh, dry_run, report)
             return
         from qexp.sweep.runner import run_sweep
 
-        result = run_sweep(sweep, gpus=slots or None, ray_address=ray_address or None, fresh=fresh)
+        result = run_sweep(sweep, gpus=slots or None, ray_address=ray_address or None, fresh=fresh, per_gpu=per_gpu)
     except (ConfigError, SweepError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

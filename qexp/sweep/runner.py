@@ -1,6 +1,7 @@
 """Run a sweep: open (or resume) its parent run, skip finished points, run the rest, one worker per slot.
 
-Slots are the GPUs of `--gpus` (one point each, at once) or one local slot; with `ray_address` the points go to
+Slots are the GPUs of `--gpus` (or this machine's default device), `per_gpu` points each at once, except that a
+point with a timed task (throughput) runs alone on its GPU; with `ray_address` the points go to
 Ray instead (qexp.sweep.ray_backend). Whatever stops the sweep, every child it started ends FINISHED, FAILED
 or KILLED; only SIGKILL can leave RUNNING children, and the next run of the sweep marks those KILLED.
 """
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from qexp.config import RunConfig
+from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
 from qexp.sweep import resume
 from qexp.sweep.grid import Sweep
 from qexp.sweep.worker import LOG_ARTIFACT, absolute_tracking_uri, exit_code, fork_launch, stop, write_point_config
@@ -48,7 +50,7 @@ class Job:
 
 
 def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str | None = None, fresh: bool = False,
-              console: Console | None = None) -> SweepResult:
+              per_gpu: int = 1, console: Console | None = None) -> SweepResult:
     console = console or Console(stderr=True, soft_wrap=True)
     uri = absolute_tracking_uri()
     client = MlflowClient(uri)
@@ -93,7 +95,7 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
 
                 run_on_ray(todo, start, done, uri, ray_address)
             else:
-                run_local(todo, start, done, uri, gpus or [None])
+                run_local(todo, start, done, uri, gpus or [None], per_gpu)
         status = "FINISHED" if result.complete else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -110,19 +112,33 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
     return result
 
 
+TIMED_TASKS = {"throughput"}  # their metrics are speeds: a point with one runs alone on its GPU
+
+
+def runs_alone(cfg: RunConfig) -> bool:
+    return bool(TIMED_TASKS & set(cfg.tasks))
+
+
 class Schedule:
-    """Hands out points in sweep order, except that the points sharing the BF16 reference logits (fidelity)
-    wait until the first of them has ended: it computes and caches the reference, the others read it."""
+    """Hands out points: the timed ones first (each alone on its GPU), then the rest in sweep order, which may
+    share a GPU. Points sharing the BF16 reference logits (fidelity) wait until the first of them has ended: it
+    computes and caches the reference, the others read it."""
 
     def __init__(self, todo: list[tuple[int, RunConfig]]):
-        self.pending = list(todo)
-        shared = [i for i, cfg in todo if "fidelity" in cfg.tasks]
+        self.pending = sorted(todo, key=lambda point: not runs_alone(point[1]))  # stable: sweep order otherwise
+        shared = [i for i, cfg in self.pending if "fidelity" in cfg.tasks]
         self.leader = shared[0] if shared else None
 
-    def take(self) -> tuple[int, RunConfig] | None:
+    def take(self, gpu_load: int = 0, capacity: int = 1) -> tuple[int, RunConfig] | None:
+        """The next point for a GPU now running `gpu_load` points of at most `capacity`, or None for now."""
+        if gpu_load >= capacity:
+            return None
         for k, (index, cfg) in enumerate(self.pending):
-            if self.leader is None or index == self.leader or "fidelity" not in cfg.tasks:
-                return self.pending.pop(k)
+            if self.leader is not None and index != self.leader and "fidelity" in cfg.tasks:
+                continue
+            if runs_alone(cfg) and gpu_load:
+                return None  # let the GPU drain: nothing overtakes a timed point
+            return self.pending.pop(k)
         return None
 
     def ended(self, index: int) -> None:
@@ -134,26 +150,34 @@ class Schedule:
 
 
 def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig], Job],
-              done: Callable[[Job, int, str], None], uri: str, slots: list[str | None]) -> None:
-    """Run points as worker processes, one per slot at a time, polling for the ones that end."""
+              done: Callable[[Job, int, str], None], uri: str, gpus: list[str | None], per_gpu: int = 1) -> None:
+    """Run points as worker processes, up to `per_gpu` at a time on each GPU (a timed point alone), polling for
+    the ones that end. Points sharing a GPU each size their KV cache to 1/per_gpu of the engine's memory share."""
     schedule = Schedule(todo)
-    free = list(slots)
-    running: dict = {}  # worker process -> (job, slot, log path)
+    load = dict.fromkeys(gpus, 0)
+    alone = dict.fromkeys(gpus, False)
+    shared_env = {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / per_gpu:.4f}"} if per_gpu > 1 else {}
+    running: dict = {}  # worker process -> (job, gpu, log path)
     with tempfile.TemporaryDirectory(prefix="qexp-sweep-") as d:
         try:
             while schedule or running:
-                while free and (point := schedule.take()) is not None:
-                    index, cfg = point
-                    slot = free.pop(0)
-                    job = start(index, cfg)
-                    log_path = Path(d) / f"{job.run_id}.log"
-                    proc = fork_launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=slot)
-                    running[proc] = (job, slot, log_path)
+                for gpu in gpus:
+                    while (point := schedule.take(load[gpu], 1 if alone[gpu] else per_gpu)) is not None:
+                        index, cfg = point
+                        job = start(index, cfg)
+                        log_path = Path(d) / f"{job.run_id}.log"
+                        solo = runs_alone(cfg)
+                        proc = fork_launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=gpu,
+                                           env={} if solo else shared_env)
+                        running[proc] = (job, gpu, log_path)
+                        load[gpu] += 1
+                        alone[gpu] = solo
                 for proc in [p for p in running if exit_code(p) is not None]:
-                    job, slot, log_path = running.pop(proc)
+                    job, gpu, log_path = running.pop(proc)
                     if hasattr(proc, "lifeline"):
                         proc.lifeline.close()
-                    free.append(slot)
+                    load[gpu] -= 1
+                    alone[gpu] = False
                     schedule.ended(job.index)
                     done(job, exit_code(proc), log_path.read_text(errors="replace"))
                 time.sleep(0.2)

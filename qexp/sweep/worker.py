@@ -43,8 +43,8 @@ def write_point_config(cfg: RunConfig, directory: str | Path) -> Path:
     return path
 
 
-def worker_env(run_id: str, uri: str, gpu: str | None = None) -> dict[str, str]:
-    env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
+def worker_env(run_id: str, uri: str, gpu: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1", **(extra or {}))
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
@@ -61,16 +61,17 @@ def launch(cfg_path: Path, run_id: str, uri: str, log_path: Path, gpu: str | Non
         log.close()
 
 
-def fork_launch(cfg_path: Path, run_id: str, uri: str, log_path: Path,
-                gpu: str | None = None) -> multiprocessing.Process:
-    """Start the point's worker forked from the preloaded forkserver; exit code = `qexp run`'s."""
+def fork_launch(cfg_path: Path, run_id: str, uri: str, log_path: Path, gpu: str | None = None,
+                env: dict[str, str] | None = None) -> multiprocessing.Process:
+    """Start the point's worker forked from the preloaded forkserver; exit code = `qexp run`'s. `env`: extra
+    variables for the worker (its GPU memory share)."""
     # torch.cuda.is_available() at import time (torchao does it) initialises the CUDA driver and so poisons every
     # fork; the NVML-based check answers the same question without it (the forkserver inherits this env)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     lifeline, keep = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_forked_point, args=(str(cfg_path), run_id, uri, str(log_path), gpu, lifeline),
+    proc = ctx.Process(target=_forked_point, args=(str(cfg_path), run_id, uri, str(log_path), gpu, lifeline, env),
                        name=f"qexp-point-{run_id}")
     proc.start()
     lifeline.close()
@@ -115,13 +116,14 @@ def run_point(cfg_dict: dict, run_id: str, uri: str, env: dict[str, str] | None 
         return code, log_path.read_text(errors="replace")
 
 
-def _forked_point(cfg_path: str, run_id: str, uri: str, log_path: str, gpu: str | None, lifeline) -> None:
+def _forked_point(cfg_path: str, run_id: str, uri: str, log_path: str, gpu: str | None, lifeline,
+                  env: dict[str, str] | None = None) -> None:
     _exit_with(lifeline)
     _die_with_parent()  # kept across the exec below, where the lifeline thread is not
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    os.environ.update(worker_env(run_id, uri, gpu))
+    os.environ.update(worker_env(run_id, uri, gpu, env))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import torch
 
