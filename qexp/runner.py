@@ -11,6 +11,7 @@ import mlflow
 from rich.progress import Progress
 
 from qexp.config import ConfigError, RunConfig
+from qexp.gpu_share import task_slot
 from qexp.models.loader import load_model, load_tokenizer, resolve_device
 from qexp.quant.apply import QuantReport, quantize_model
 from qexp.quant.calibration import calibration_batches
@@ -86,8 +87,9 @@ def execute(cfg: RunConfig, show_progress: bool = True) -> str:
         ctx = RunContext(cfg, device, progress)
         for name, fn in tasks.items():
             ctx.start(name, TASK_TOTALS.get(name, lambda c: None)(cfg))
-            t0 = time.perf_counter()
-            metrics = fn(ctx)
-            mlflow.log_metrics(metrics)
-            mlflow.log_metric(f"time.{name}_s", time.perf_counter() - t0)
+            with task_slot(name):  # a sweep sharing the GPU: timed tasks run alone
+                t0 = time.perf_counter()
+                metrics = fn(ctx)
+                mlflow.log_metrics(metrics)
+                mlflow.log_metric(f"time.{name}_s", time.perf_counter() - t0)
         return run.info.run_id

@@ -164,14 +164,14 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
     assert order.index(("start", 3)) < leader_end
 
 
-def test_points_share_a_gpu_but_timed_points_run_alone(monkeypatch):
-    """run_local with --per-gpu 3 on one GPU (fake workers): the throughput points run first, each alone and with
-    the engine's whole memory share; then up to 3 points at once, each told to use a third of it."""
+def test_points_share_a_gpu_with_a_memory_share_and_one_lock(monkeypatch):
+    """run_local with --per-gpu 3 on one GPU (fake workers): three points at once, each told a third of the
+    engine's memory share and the GPU's lock path (timed tasks take it alone: test_gpu_share)."""
     import subprocess
-    import time
 
     from qexp.config import build_config
     from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
+    from qexp.gpu_share import LOCK_ENV
     from qexp.sweep import runner
 
     events, envs = [], {}
@@ -183,21 +183,18 @@ def test_points_share_a_gpu_but_timed_points_run_alone(monkeypatch):
         return subprocess.Popen(["sleep", "0.3"])
 
     monkeypatch.setattr(runner, "fork_launch", fake_launch)
-    tasks = [["mmlu"], ["throughput", "mmlu"], ["ppl"], ["matmul"], ["mmlu", "throughput"], ["ppl"], ["mmlu"]]
-    todo = [(i, build_config(None, {"dtype": "int8", "quant": "row", "mode": "fake", "tasks": t, "seed": i}))
-            for i, t in enumerate(tasks)]
+    todo = [(i, build_config(None, {"dtype": "int8", "quant": "row", "mode": "fake", "tasks": ["ppl"], "seed": i}))
+            for i in range(7)]
     runner.run_local(todo, lambda i, cfg: runner.Job(i, cfg, str(i)),
                      lambda job, code, log: events.append(("end", job.index)), "sqlite:///unused.db", ["0"], 3)
-    timed = {1, 4}
-    assert [i for kind, i in events if kind == "start"][:2] == [1, 4]  # timed points first, in sweep order
-    running, peak = set(), 0
-    for kind, i in events:
-        running = running | {i} if kind == "start" else running - {i}
-        assert not (running & timed) or len(running) == 1  # a timed point never shares the GPU
-        peak = max(peak, len(running))
-    assert peak == 3
-    assert all(envs[i] == {} for i in timed)
-    assert all(envs[i] == {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / 3:.4f}"} for i in set(envs) - timed)
+    running, peak = 0, 0
+    for kind, _ in events:
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 3 and len(envs) == 7
+    assert {e[MEMORY_ENV] for e in envs.values()} == {f"{DEFAULT_MEMORY_SHARE / 3:.4f}"}
+    locks = {e[LOCK_ENV] for e in envs.values()}
+    assert len(locks) == 1 and locks.pop().endswith("gpu-0.lock")
 
 
 def test_memory_share_comes_from_the_environment(monkeypatch):

@@ -134,12 +134,13 @@ def test_ray_backend_runs_points_as_ray_tasks(tmp_path, monkeypatch):
 
 def test_points_run_side_by_side_with_per_gpu(tmp_path, monkeypatch):
     """--per-gpu 3 on this machine's device: the tiny grid's three points run at once, each FINISHED once."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     sweep = load_sweep(TINY, {"num_tests": 100})
     result = run_sweep(sweep, per_gpu=3)
     assert result.complete and len(result.finished) == 3
-    _, kids = _children(MlflowClient(), sweep.experiment)
+    _, kids = _children(MlflowClient(uri), sweep.experiment)
     spans = sorted((r.info.start_time, r.info.end_time) for r in kids)
     assert [r.info.status for r in kids] == ["FINISHED"] * 3
     assert spans[1][0] < spans[0][1] and spans[2][0] < spans[0][1]  # all three in flight together

@@ -1,7 +1,7 @@
 """Run a sweep: open (or resume) its parent run, skip finished points, run the rest, one worker per slot.
 
-Slots are the GPUs of `--gpus` (or this machine's default device), `per_gpu` points each at once, except that a
-point with a timed task (throughput) runs alone on its GPU; with `ray_address` the points go to
+Slots are the GPUs of `--gpus` (or this machine's default device), `per_gpu` points each at once (a timed task,
+throughput, still has its GPU alone: qexp.gpu_share); with `ray_address` the points go to
 Ray instead (qexp.sweep.ray_backend). Whatever stops the sweep, every child it started ends FINISHED, FAILED
 or KILLED; only SIGKILL can leave RUNNING children, and the next run of the sweep marks those KILLED.
 """
@@ -21,6 +21,7 @@ from rich.console import Console
 
 from qexp.config import RunConfig
 from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
+from qexp.gpu_share import LOCK_ENV
 from qexp.sweep import resume
 from qexp.sweep.grid import Sweep
 from qexp.sweep.worker import LOG_ARTIFACT, absolute_tracking_uri, exit_code, fork_launch, stop, write_point_config
@@ -112,33 +113,19 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
     return result
 
 
-TIMED_TASKS = {"throughput"}  # their metrics are speeds: a point with one runs alone on its GPU
-
-
-def runs_alone(cfg: RunConfig) -> bool:
-    return bool(TIMED_TASKS & set(cfg.tasks))
-
-
 class Schedule:
-    """Hands out points: the timed ones first (each alone on its GPU), then the rest in sweep order, which may
-    share a GPU. Points sharing the BF16 reference logits (fidelity) wait until the first of them has ended: it
-    computes and caches the reference, the others read it."""
+    """Hands out points in sweep order, except that the points sharing the BF16 reference logits (fidelity)
+    wait until the first of them has ended: it computes and caches the reference, the others read it."""
 
     def __init__(self, todo: list[tuple[int, RunConfig]]):
-        self.pending = sorted(todo, key=lambda point: not runs_alone(point[1]))  # stable: sweep order otherwise
-        shared = [i for i, cfg in self.pending if "fidelity" in cfg.tasks]
+        self.pending = list(todo)
+        shared = [i for i, cfg in todo if "fidelity" in cfg.tasks]
         self.leader = shared[0] if shared else None
 
-    def take(self, gpu_load: int = 0, capacity: int = 1) -> tuple[int, RunConfig] | None:
-        """The next point for a GPU now running `gpu_load` points of at most `capacity`, or None for now."""
-        if gpu_load >= capacity:
-            return None
+    def take(self) -> tuple[int, RunConfig] | None:
         for k, (index, cfg) in enumerate(self.pending):
-            if self.leader is not None and index != self.leader and "fidelity" in cfg.tasks:
-                continue
-            if runs_alone(cfg) and gpu_load:
-                return None  # let the GPU drain: nothing overtakes a timed point
-            return self.pending.pop(k)
+            if self.leader is None or index == self.leader or "fidelity" not in cfg.tasks:
+                return self.pending.pop(k)
         return None
 
     def ended(self, index: int) -> None:
@@ -151,33 +138,33 @@ class Schedule:
 
 def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig], Job],
               done: Callable[[Job, int, str], None], uri: str, gpus: list[str | None], per_gpu: int = 1) -> None:
-    """Run points as worker processes, up to `per_gpu` at a time on each GPU (a timed point alone), polling for
-    the ones that end. Points sharing a GPU each size their KV cache to 1/per_gpu of the engine's memory share."""
+    """Run points as worker processes, `per_gpu` at a time on each GPU, polling for the ones that end. Workers
+    sharing a GPU each size their KV cache to 1/per_gpu of the engine's memory share and take turns for timed
+    tasks through a per-GPU lock (qexp.gpu_share)."""
     schedule = Schedule(todo)
-    load = dict.fromkeys(gpus, 0)
-    alone = dict.fromkeys(gpus, False)
-    shared_env = {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / per_gpu:.4f}"} if per_gpu > 1 else {}
+    slots = [gpu for _ in range(per_gpu) for gpu in gpus]  # spread over the GPUs first
     running: dict = {}  # worker process -> (job, gpu, log path)
     with tempfile.TemporaryDirectory(prefix="qexp-sweep-") as d:
+        def share_env(gpu) -> dict[str, str]:
+            if per_gpu == 1:
+                return {}
+            return {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / per_gpu:.4f}", LOCK_ENV: f"{d}/gpu-{gpu}.lock"}
+
         try:
             while schedule or running:
-                for gpu in gpus:
-                    while (point := schedule.take(load[gpu], 1 if alone[gpu] else per_gpu)) is not None:
-                        index, cfg = point
-                        job = start(index, cfg)
-                        log_path = Path(d) / f"{job.run_id}.log"
-                        solo = runs_alone(cfg)
-                        proc = fork_launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=gpu,
-                                           env={} if solo else shared_env)
-                        running[proc] = (job, gpu, log_path)
-                        load[gpu] += 1
-                        alone[gpu] = solo
+                while slots and (point := schedule.take()) is not None:
+                    index, cfg = point
+                    gpu = slots.pop(0)
+                    job = start(index, cfg)
+                    log_path = Path(d) / f"{job.run_id}.log"
+                    proc = fork_launch(write_point_config(cfg, d), job.run_id, uri, log_path, gpu=gpu,
+                                       env=share_env(gpu))
+                    running[proc] = (job, gpu, log_path)
                 for proc in [p for p in running if exit_code(p) is not None]:
                     job, gpu, log_path = running.pop(proc)
                     if hasattr(proc, "lifeline"):
                         proc.lifeline.close()
-                    load[gpu] -= 1
-                    alone[gpu] = False
+                    slots.append(gpu)
                     schedule.ended(job.index)
                     done(job, exit_code(proc), log_path.read_text(errors="replace"))
                 time.sleep(0.2)
