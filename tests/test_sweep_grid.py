@@ -53,7 +53,7 @@ def test_reference_sweep_is_the_seed_grid():
     weight_only = {f"{d}-{g}-{m}" for d, g, m in itertools.product(
         ("int8", "fp8"), ["tensor", "row", *(f"group{n}" for n in GROUP_SIZES)], ("fake", "real"))}
     assert set(by_recipe) == weight_only | {"bf16", "int8-smooth-real", "fp8-smooth-real"}
-    assert by_recipe["bf16"].tasks == ["mmlu", "ppl", "throughput", "matmul"]
+    assert by_recipe["bf16"].tasks == ["mmlu", "ppl", "throughput", "fidelity", "matmul"]
     for r in weight_only:
         row = "-row-" in r
         assert by_recipe[r].tasks == (["mmlu", "ppl", "throughput", "fidelity", "matmul"] if row
@@ -122,8 +122,8 @@ def test_select_keeps_matching_points_in_order():
 
 
 def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch, tmp_path):
-    """run_local with 2 slots: never more than 2 workers, each on its own CUDA_VISIBLE_DEVICES, and the points
-    sharing the BF16 reference wait for the first of them (fake workers: `sleep`, no MLflow)."""
+    """run_local with 2 slots: never more than 2 workers, each on its own CUDA_VISIBLE_DEVICES, the first point
+    alone, and the points sharing the BF16 reference wait for the first of them (fake workers: `sleep`, no MLflow)."""
     import subprocess
     import time
 
@@ -158,6 +158,8 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
         running += 1 if kind == "start" else -1
         assert running <= 2
     assert {gpu for _, kind, _, gpu in events if kind == "start"} == {"0", "1"}
+    # the first point runs alone (it fills the shared on-disk caches)
+    assert order[:2] == [("start", 0), ("end", 0)]
     # fidelity points 2 and 4 start only after the leader (point 1) ended; point 3 (matmul) is not held back
     leader_end = order.index(("end", 1))
     assert order.index(("start", 2)) > leader_end and order.index(("start", 4)) > leader_end

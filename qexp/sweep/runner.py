@@ -114,21 +114,27 @@ def run_sweep(sweep: Sweep, *, gpus: list[str] | None = None, ray_address: str |
 
 
 class Schedule:
-    """Hands out points in sweep order, except that the points sharing the BF16 reference logits (fidelity)
-    wait until the first of them has ended: it computes and caches the reference, the others read it."""
+    """Hands out points in sweep order, with two waits. The first point runs alone: it fills the on-disk caches
+    every point reads (dummy weights, converted datasets, token ids). Points sharing the BF16 reference logits
+    (fidelity) wait until the first of them has ended: it computes and caches the reference, the others read it."""
 
     def __init__(self, todo: list[tuple[int, RunConfig]]):
         self.pending = list(todo)
+        self.first = todo[0][0] if todo else None
         shared = [i for i, cfg in todo if "fidelity" in cfg.tasks]
         self.leader = shared[0] if shared else None
 
     def take(self) -> tuple[int, RunConfig] | None:
+        if self.first is not None and (not self.pending or self.pending[0][0] != self.first):
+            return None  # the first point is running
         for k, (index, cfg) in enumerate(self.pending):
             if self.leader is None or index == self.leader or "fidelity" not in cfg.tasks:
                 return self.pending.pop(k)
         return None
 
     def ended(self, index: int) -> None:
+        if index == self.first:
+            self.first = None
         if index == self.leader:
             self.leader = None
 
