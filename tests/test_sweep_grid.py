@@ -167,12 +167,12 @@ def test_local_slots_run_one_point_per_gpu_and_fidelity_leader_first(monkeypatch
 
 
 def test_points_share_a_gpu_with_a_memory_share_and_one_lock(monkeypatch):
-    """run_local with --per-gpu 3 on one GPU (fake workers): three points at once, each told a third of the
-    engine's memory share and the GPU's lock path (timed tasks take it alone: test_gpu_share)."""
+    """run_local with --per-gpu 3 on one GPU (fake workers): three points at once, each told its part of the
+    engine's memory share less a headroom, and the GPU's lock path (timed tasks take it alone: test_gpu_share)."""
     import subprocess
 
     from qexp.config import build_config
-    from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
+    from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV, WORKER_HEADROOM
     from qexp.gpu_share import LOCK_ENV
     from qexp.sweep import runner
 
@@ -194,7 +194,7 @@ def test_points_share_a_gpu_with_a_memory_share_and_one_lock(monkeypatch):
         running += 1 if kind == "start" else -1
         peak = max(peak, running)
     assert peak == 3 and len(envs) == 7
-    assert {e[MEMORY_ENV] for e in envs.values()} == {f"{DEFAULT_MEMORY_SHARE / 3:.4f}"}
+    assert {e[MEMORY_ENV] for e in envs.values()} == {f"{DEFAULT_MEMORY_SHARE / 3 - WORKER_HEADROOM:.4f}"}
     locks = {e[LOCK_ENV] for e in envs.values()}
     assert len(locks) == 1 and locks.pop().endswith("gpu-0.lock")
 

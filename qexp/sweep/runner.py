@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from qexp.config import RunConfig
-from qexp.engine.memory import DEFAULT_MEMORY_SHARE, MEMORY_ENV
+from qexp.engine.memory import MEMORY_ENV, shared_memory_share
 from qexp.gpu_share import LOCK_ENV
 from qexp.sweep import resume
 from qexp.sweep.grid import Sweep
@@ -145,8 +145,8 @@ class Schedule:
 def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig], Job],
               done: Callable[[Job, int, str], None], uri: str, gpus: list[str | None], per_gpu: int = 1) -> None:
     """Run points as worker processes, `per_gpu` at a time on each GPU, polling for the ones that end. Workers
-    sharing a GPU each size their KV cache to 1/per_gpu of the engine's memory share and take turns for timed
-    tasks through a per-GPU lock (qexp.gpu_share)."""
+    sharing a GPU each size their KV cache to their part of the engine's memory share (qexp.engine.memory) and
+    take turns for timed tasks through a per-GPU lock (qexp.gpu_share)."""
     schedule = Schedule(todo)
     slots = [gpu for _ in range(per_gpu) for gpu in gpus]  # spread over the GPUs first
     running: dict = {}  # worker process -> (job, gpu, log path)
@@ -154,7 +154,7 @@ def run_local(todo: list[tuple[int, RunConfig]], start: Callable[[int, RunConfig
         def share_env(gpu) -> dict[str, str]:
             if per_gpu == 1:
                 return {}
-            return {MEMORY_ENV: f"{DEFAULT_MEMORY_SHARE / per_gpu:.4f}", LOCK_ENV: f"{d}/gpu-{gpu}.lock"}
+            return {MEMORY_ENV: f"{shared_memory_share(per_gpu):.4f}", LOCK_ENV: f"{d}/gpu-{gpu}.lock"}
 
         try:
             while schedule or running:
