@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cuda_timing import graph_replay_ms  # noqa: E402  (scripts/, beside this file)
 
 from qexp.kernels import configs, fused, reference
 from qexp.quant import qdq
@@ -64,26 +67,7 @@ def time_graph(call, n: int, replays: int = 10) -> float:
     def all_calls():
         for i in range(n):
             call(i)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        all_calls()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        all_calls()
-    g.replay()
-    g.replay()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    del g
-    return statistics.median(times) * 1000 / n
+    return graph_replay_ms(all_calls, replays) * 1000 / n
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -16,12 +16,15 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from qexp.config import RunConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_timing import graph_replay_ms  # noqa: E402  (scripts/, beside this file)
+from qexp.config import RunConfig  # noqa: E402
 from qexp.models.loader import load_model, load_tokenizer
 from qexp.quant import qdq
 from qexp.quant.apply import quantize_model, tensor_bytes
@@ -78,24 +81,7 @@ def graph_latency_ms(model, x: torch.Tensor, reps: int = 20) -> float | str:
     """One decode-shaped forward (no KV cache) captured in a CUDA graph: kernel time without Python overhead."""
     try:
         static = x.clone()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                model(static, use_cache=False)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            model(static, use_cache=False)
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+        return graph_replay_ms(lambda: model(static, use_cache=False), replays=reps, warmup=2)
     except Exception as e:  # noqa: BLE001  (report why capture failed, keep the other numbers)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 

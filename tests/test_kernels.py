@@ -186,18 +186,24 @@ def test_activation_quant_is_bit_exact(act):
     assert torch.equal(q.view(torch.int8), rq.view(torch.int8))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("act", ["int8", "fp8"])
-@pytest.mark.parametrize("m", [1, 16, 33, 300, 1024])
-def test_w8a8_matches_reference(act, m):
-    gen = torch.Generator(device="cuda").manual_seed(m + (act == "fp8"))
-    n, k = 1024, 2048
+def _w8a8_case(n, k, m, act, seed):
+    """Row-wise 8-bit weight, bf16 x, SmoothQuant pre-scale and bias, the reference output; the allocator then
+    holds a freed block of NaNs for the kernel's output to land in (an unwritten element shows)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
     q, s = _quantized(n, k, act, "row", None, gen)
     x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
     p = torch.rand(k, device="cuda", generator=gen) + 0.5
     bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
     ref = reference.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
-    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)  # freed block of NaNs for outputs to reuse
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    return q, s, x, p, bias, ref
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+@pytest.mark.parametrize("m", [1, 16, 33, 300, 1024])
+def test_w8a8_matches_reference(act, m):
+    q, s, x, p, bias, ref = _w8a8_case(1024, 2048, m, act, m + (act == "fp8"))
     out = kernels.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
     assert _rel(out, ref) < TOL
     for cfg in configs.candidates(f"w8a8-{act}", m)[:2]:
@@ -238,14 +244,7 @@ def test_cuda_graph_capture_replays_with_new_inputs():
 @pytest.mark.parametrize("m", [1, 3, 16])
 def test_gemv_with_fused_activation_quant(cfg, act, m):
     from qexp.kernels import fused
-    gen = torch.Generator(device="cuda").manual_seed(m * 5 + (act == "fp8"))
-    n, k = 1040, 2048
-    q, s = _quantized(n, k, act, "row", None, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-    p = torch.rand(k, device="cuda", generator=gen) + 0.5
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
-    ref = reference.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
-    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    q, s, x, p, bias, ref = _w8a8_case(1040, 2048, m, act, m * 5 + (act == "fp8"))
     out = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
     assert _rel(out, ref) < TOL
 

@@ -35,6 +35,33 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
                            num_warps=4)
 
 
+@triton.jit
+def _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_mask, kvh, offs_d, KV: tl.constexpr,
+             D: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+    """K and V rows at positions k_pos, looked up through sequence b's block table. MASKED: lanes off k_mask
+    read zeros; else every position is known valid and the loads go unpredicated."""
+    if MASKED:
+        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
+    else:
+        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE).to(tl.int64)
+    kv_off = ((page * BLOCK_SIZE + k_pos % BLOCK_SIZE)[:, None] * KV + kvh) * D + offs_d[None, :]
+    if MASKED:
+        return (tl.load(k_cache + kv_off, mask=k_mask[:, None], other=0.0),
+                tl.load(v_cache + kv_off, mask=k_mask[:, None], other=0.0))
+    return tl.load(k_cache + kv_off), tl.load(v_cache + kv_off)
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc):
+    """One online-softmax update with scores s (rows x keys, log2 units) and values v; rows whose scores are all
+    -inf so far stay at zero weight instead of producing NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+
+
 @triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
              for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
@@ -68,34 +95,16 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
     full_end = (ctx - n_q + mblk * BLOCK_M) // BLOCK_N * BLOCK_N
     for n0 in range(0, full_end, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
-        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE).to(tl.int64)
-        kv_off = ((page * BLOCK_SIZE + k_pos % BLOCK_SIZE)[:, None] * KV + kvh) * D + offs_d[None, :]
-        k = tl.load(k_cache + kv_off)
-        v = tl.load(v_cache + kv_off)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        k, v = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_pos, kvh, offs_d, KV, D, BLOCK_SIZE,
+                        False)
+        m_i, l_i, acc = _softmax_step(tl.dot(q, tl.trans(k)) * qk_scale, v, m_i, l_i, acc)
     for n0 in range(full_end, end, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
         k_mask = k_pos < end
-        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
-        slot = page * BLOCK_SIZE + k_pos % BLOCK_SIZE
-        kv_off = (slot[:, None] * KV + kvh) * D + offs_d[None, :]
-        k = tl.load(k_cache + kv_off, mask=k_mask[:, None], other=0.0)
-        v = tl.load(v_cache + kv_off, mask=k_mask[:, None], other=0.0)
+        k, v = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_mask, kvh, offs_d, KV, D, BLOCK_SIZE, True)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where((k_pos[None, :] <= q_pos[:, None]) & k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + (q_rows[:, None] * H + h) * D + offs_d[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=m_mask[:, None])
@@ -126,20 +135,9 @@ def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr,
     for n0 in range(lo, hi, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
         k_mask = k_pos < hi
-        page = tl.load(bt_ptr + b * bt_stride + k_pos // BLOCK_SIZE, mask=k_mask, other=0).to(tl.int64)
-        slot = page * BLOCK_SIZE + k_pos % BLOCK_SIZE
-        kv_off = (slot[:, None] * KV + kvh) * D + offs_d[None, :]
-        k = tl.load(k_cache + kv_off, mask=k_mask[:, None], other=0.0)
-        v = tl.load(v_cache + kv_off, mask=k_mask[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        k, v = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_mask, kvh, offs_d, KV, D, BLOCK_SIZE, True)
+        s = tl.where(k_mask[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     if SPLITS == 1:
         acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :],
