@@ -86,14 +86,15 @@ def candidates(kind_: str, m: int) -> list[dict]:
                # larger tiles: fewer L2 re-reads of x and w, more MMA per converted weight element
                _triton(128, 128, 64, split_k=2, warps=8), _triton(64, 256, 64, stages=3),
                _triton(128, 256, 64, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 64, split_k=2, warps=8, swap=False), _triton(128, 256, 64, warps=8, stages=3,
-                                                                              swap=False)]
+               _triton(128, 128, 64, split_k=2, warps=8, swap=False),
+               _triton(128, 256, 64, warps=8, stages=3, swap=False)]
     else:
         out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 64, warps=8, stages=4, swap=False), _triton(256, 128, 64, warps=8, stages=3, swap=False),
+               _triton(128, 128, 64, warps=8, stages=4, swap=False),
+               _triton(256, 128, 64, warps=8, stages=3, swap=False),
                _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False),
-               _triton(256, 128, 64, warps=8, stages=4, swap=False), _triton(128, 256, 64, warps=8, stages=3,
-                                                                             swap=False),
+               _triton(256, 128, 64, warps=8, stages=4, swap=False),
+               _triton(128, 256, 64, warps=8, stages=3, swap=False),
                _triton(128, 256, 64, warps=8, stages=3), _triton(128, 128, 64, stages=4, swap=False),
                _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=4),
                _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=16)]
