@@ -51,3 +51,19 @@ def test_cache_off_and_tokenizers_without_a_backend_are_not_cached(tokenizer, ca
     monkeypatch.setenv("QEXP_TOKEN_CACHE", "0")
     encode_batch(tokenizer, TEXTS)
     assert not cache.exists()
+
+
+def test_atomic_file_publishes_whole_files_only(tmp_path):
+    import pytest
+
+    from qexp.evals.data import atomic_file
+
+    path = tmp_path / "sub" / "cache.npz"
+    with atomic_file(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.endswith(".npz") and not path.exists()
+        tmp.write_bytes(b"complete")
+    assert path.read_bytes() == b"complete"
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert path.read_bytes() == b"complete" and list(path.parent.iterdir()) == [path]

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 MMLU_HUB = "cais/mmlu"
@@ -27,6 +28,19 @@ def cache_dir(*parts: str) -> Path:
     """qexp's on-disk cache ($QEXP_CACHE_DIR, default ~/.cache/qexp)."""
     root = Path(os.environ.get("QEXP_CACHE_DIR") or Path.home() / ".cache" / "qexp")
     return root.joinpath(*parts)
+
+
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a private temporary path beside `path`; once the block has written it, it replaces `path` in one
+    step, so concurrent runs (sweep points sharing the cache) read the whole file or none; on error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def local_data_dir(cfg) -> Path | None:

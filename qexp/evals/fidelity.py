@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from qexp.evals.data import cache_dir
+from qexp.evals.data import atomic_file, cache_dir
 from qexp.evals.scoring import HFScorer
 
 NUM_WINDOWS = 4
@@ -81,10 +81,8 @@ def load_or_build_reference(cfg, device: str, windows, calib, load_bf16) -> tupl
     model = load_bf16()
     ref = reference(model, windows, calib)
     del model
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ref, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        torch.save(ref, tmp)
     return ref, False
 
 

@@ -8,14 +8,13 @@ keys down to its members, and names a group loaded by path after its task list.)
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import lm_eval.tasks
 import yaml
 
 from qexp.evals import lm_templates
-from qexp.evals.data import cache_dir
+from qexp.evals.data import atomic_file, cache_dir
 
 lm_templates.install()
 
@@ -33,8 +32,6 @@ def task_manager(stock_dirs: list[str], members: list[dict] | None = None, group
     extra = cache_dir("lm_eval_tasks", hashlib.sha256(text.encode()).hexdigest()[:16])
     path = extra / f"{group}.yaml"
     if not path.is_file():
-        extra.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
     return TaskManager(include_path=include + [str(extra)], include_defaults=False), group

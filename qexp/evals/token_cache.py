@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qexp.evals.data import cache_dir
+from qexp.evals.data import atomic_file, cache_dir
 
 _FINGERPRINT_ATTR = "_qexp_token_cache_fingerprint"
 
@@ -65,7 +65,5 @@ def _save(path: Path, seqs: list[list[int]]) -> None:
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in seqs], out=offsets[1:])
     ids = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(offsets[-1]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, ids=ids, offsets=offsets)
-    tmp.replace(path)  # atomic: a concurrent point reads the whole file or none
+    with atomic_file(path) as tmp:  # np.savez keeps a name ending in .npz as it is
+        np.savez(tmp, ids=ids, offsets=offsets)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from qexp.evals.data import cache_dir
+from qexp.evals.data import atomic_file, cache_dir
 
 
 @torch.no_grad()
@@ -80,9 +80,7 @@ def fill_dummy(model: torch.nn.Module, config, seed: int, dtype: torch.dtype) ->
     else:
         init_random(model, seed, config.initializer_range)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp))
-            tmp.replace(path)  # atomic: a concurrent point sees the whole file or none
+            with atomic_file(path) as tmp:
+                save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp))
     finish(model)
     return cached
