@@ -35,7 +35,7 @@ from qexp.quant import qdq
 
 # (K, N): q (and the engine's merged q/k/v), k/v, o, gate/up, down, and the engine's merged gate/up
 SHAPES = [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048), (2048, 12288)]
-MS = [1, 16, 64, 256, 1024, 4096]
+MS = [1, 16, 64, 128, 256, 1024, 4096]  # 128: the engine's decode batches
 TOL = 1e-2  # ||out - ref|| / ||ref||: bf16 rounding of outputs / dequantized weights sits near 2e-3
 
 

@@ -71,7 +71,8 @@ def test_cpu_dispatch_is_the_reference():
 
 
 def test_config_lookup_and_candidates():
-    assert [configs.m_bucket(m) for m in (1, 2, 16, 17, 300, 5000)] == [1, 16, 16, 64, 1024, 4096]
+    assert [configs.m_bucket(m) for m in (1, 2, 16, 17, 100, 129, 300, 5000)] == [1, 16, 16, 64, 128, 256, 1024,
+                                                                                    4096]
     assert configs.kind(torch.int8, None, 64) == "w8a16-int8-group64"
     assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
     for m in configs.M_BUCKETS:
@@ -92,8 +93,8 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "gemv", "dequant_mm", "scaled_mm", "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "gemv"):
+                assert cfg["backend"] in ("triton", "tma", "gemv", "dequant_mm", "scaled_mm", "scaled_mm_fast")
+                if cfg["backend"] in ("triton", "tma", "gemv"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
@@ -125,15 +126,14 @@ def _rel(out, ref):
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [1, 7, 16, 33, 300])
 def test_weight_only_matches_reference(dtype, gran, gs, m):
-    from qexp.kernels.triton_qmm import qmm
+    from qexp.kernels import fused
     gen = torch.Generator(device="cuda").manual_seed(m * 31 + len(RECIPES))
     n, k = 1040, 1024  # N not a multiple of any tile: edge tiles are masked
     q, s = _quantized(n, k, dtype, gran, gs, gen)
     x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
     ref = reference.quantized_linear(x, q, s, group_size=gs)
-    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    cfg = configs.config_for(configs.kind(q.dtype, None, gs), n, k, m, x.device)
-    qmm(x, q, s, cfg, group_size=gs, out=out)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)  # freed memory now reads as NaN
+    out = fused.quantized_linear(x, q, s, group_size=gs)  # the tuned backend for this shape and M
     assert _rel(out, ref) < TOL
 
 
@@ -169,6 +169,31 @@ def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
     ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
     out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
     qmm(x, q, s, cfg, group_size=gs, bias=bias, out=out)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._tma(64, 16, 128, swap=True), configs._tma(64, 16, 128, split_k=4, swap=True),
+                                 configs._tma(64, 64, 128, split_k=2), configs._tma(128, 128, 64, warps=8),
+                                 configs._tma(128, 256, 64, warps=8, stages=3), configs._tma(64, 128, 128),
+                                 {**configs._tma(128, 64, 64), "FAST_I8": True}],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs,act", [("int8", "group", 128, None), ("fp8", "row", None, None),
+                                               ("int8", "tensor", None, None), ("int8", "row", None, "int8"),
+                                               ("fp8", "row", None, "fp8")])
+@pytest.mark.parametrize("m", [5, 70, 300])
+def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
+    """TMA-fed GEMM: M and N not multiples of the tile (the copy engine zero-fills), offset x view, bias, split-K."""
+    from qexp.kernels import fused, triton_qmm_tma
+    gen = torch.Generator(device="cuda").manual_seed(m + 13)
+    n, k = 528, 2048
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    assert triton_qmm_tma.supported(x, q)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
     assert _rel(out, ref) < TOL
 
 

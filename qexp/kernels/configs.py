@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from pathlib import Path
 
 import torch
 
 TUNED_DIR = Path(__file__).with_name("tuned")
-M_BUCKETS = (1, 16, 64, 256, 1024, 4096)
+M_BUCKETS = (1, 16, 64, 128, 256, 1024, 4096)  # 128: the engine's decode batches of ~100
 
 
 def kind(w_dtype: torch.dtype, act_dtype: str | None, group_size: int | None) -> str:
@@ -38,6 +39,13 @@ def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=True) -> d
     """Tensor-core tile config; swap=True computes W @ x.T (weight as A, decode-friendly), False x @ W.T."""
     return {"backend": "triton", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
             "num_warps": warps, "num_stages": stages, "GROUP_N": group_n, "SWAP_AB": swap}
+
+
+def _tma(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False, ws=False) -> dict:
+    """Tensor-core tile config whose tiles arrive by TMA (triton_qmm_tma, sm_90+); ws: warp-specialized loop."""
+    # Triton's own int8 -> bf16 convert (byte permutes + one bf16x2 add per pair) beats the fp32 bit trick here
+    return {**_triton(bn, bm, bk, split_k, warps, stages, group_n, swap), "backend": "tma", "WARP_SPEC": ws,
+            "FAST_I8": False}
 
 
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
@@ -66,43 +74,30 @@ def candidates(kind_: str, m: int) -> list[dict]:
     """Small per-bucket search space for the tuner (each config compiled once, shared across shapes)."""
     b = m_bucket(m)
     a8 = kind_.startswith("w8a8")
+    # pointer-load tiles: the ones that won at least one cell of the 2026-11-25 H100 tune (the others were dropped)
     if b == 1:
-        out = [_triton(32, 16, 256), _gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(4, 1, 1024), _gemv(16, 1, 512),
-               _gemv(8, 1, 512, split_k=2), _gemv(8, 1, 256, split_k=4), _gemv(8, 1, 512, warps=2),
-               _gemv(16, 1, 512, warps=8)]
+        out = [_triton(32, 16, 256), _gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(4, 1, 1024),
+               _gemv(8, 1, 256, split_k=4), _gemv(8, 1, 512, warps=2), _gemv(16, 1, 512, warps=8)]
     elif b == 16:
         out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(32, 16, 256, split_k=2),
-               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4),
-               _gemv(16, 4, 128), _gemv(16, 8, 64), _gemv(32, 4, 64), _gemv(8, 4, 256)]
+               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
     elif b == 64:
-        out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=2), _triton(64, 64, 128, split_k=4),
-               _triton(32, 64, 128, split_k=4), _triton(128, 64, 64, split_k=2), _triton(64, 32, 128, split_k=2),
-               _triton(64, 64, 64, split_k=2, swap=False), _triton(128, 64, 128, split_k=2, stages=3),
-               _triton(128, 64, 64, swap=False), _triton(128, 64, 128, split_k=2, stages=3, swap=False)]
-    elif b == 256:
+        out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=4), _triton(32, 64, 128, split_k=4),
+               _triton(128, 64, 128, split_k=2, stages=3)]
+    elif b in (128, 256):
         out = [_triton(64, 64, 64), _triton(64, 64, 128, split_k=2), _triton(128, 64, 64),
-               _triton(128, 64, 64, split_k=2), _triton(64, 128, 64, split_k=2), _triton(128, 128, 64, warps=8),
-               _triton(128, 64, 64, swap=False), _triton(128, 64, 64, split_k=2, swap=False),
-               # larger tiles: fewer L2 re-reads of x and w, more MMA per converted weight element
-               _triton(128, 128, 64, split_k=2, warps=8), _triton(64, 256, 64, stages=3),
-               _triton(128, 256, 64, warps=8, stages=3), _triton(256, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 64, split_k=2, warps=8, swap=False),
-               _triton(128, 256, 64, warps=8, stages=3, swap=False)]
+               _triton(64, 128, 64, split_k=2), _triton(128, 128, 64, warps=8), _triton(128, 64, 64, swap=False),
+               _triton(128, 256, 64, warps=8, stages=3)]
     else:
-        out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 64, warps=8, stages=4, swap=False),
-               _triton(256, 128, 64, warps=8, stages=3, swap=False),
-               _triton(128, 128, 128, warps=8, stages=3, swap=False), _triton(128, 64, 64, swap=False),
-               _triton(256, 128, 64, warps=8, stages=4, swap=False),
-               _triton(128, 256, 64, warps=8, stages=3, swap=False),
-               _triton(128, 256, 64, warps=8, stages=3), _triton(128, 128, 64, stages=4, swap=False),
-               _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=4),
-               _triton(256, 128, 64, warps=8, stages=3, swap=False, group_n=16)]
+        out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 128, warps=8, stages=3, swap=False),
+               _triton(128, 64, 64, swap=False), _triton(128, 256, 64, warps=8, stages=3),
+               _triton(128, 128, 64, stages=4, swap=False)]
+    out += _tma_candidates(b, a8)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
         out += [{"backend": "scaled_mm"}, {"backend": "scaled_mm_fast"}]
-    if not a8 and b >= 64:
+    if not a8 and b >= 128:
         out += [{"backend": "dequant_mm"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
@@ -111,12 +106,43 @@ def candidates(kind_: str, m: int) -> list[dict]:
     return out
 
 
+def _tma_candidates(b: int, a8: bool) -> list[dict]:
+    """TMA-fed tiles. x @ W.T (swap=False) keeps the converted weight in shared memory, so the wgmma chain runs
+    asynchronously; swap=True (weight as the register A operand) only where M is too small to fill 64 rows.
+    Small M streams the weight through few programs: deep pipelines and split-K keep enough bytes in flight."""
+    bk = 128 if a8 else 64
+    if b == 1:
+        return []
+    if b == 16:
+        return [_tma(64, 16, 128, swap=True), _tma(64, 16, 128, split_k=4, swap=True, stages=6),
+                _tma(64, 64, 128, split_k=2, stages=6), _tma(64, 64, 128, split_k=4, stages=6),
+                _tma(128, 64, 128, split_k=4, stages=5), _tma(64, 64, 128, split_k=8, stages=4)]
+    if b == 64:
+        return [_tma(64, 64, 128, stages=6), _tma(64, 64, 128, split_k=2, stages=6),
+                _tma(64, 64, 128, split_k=4, stages=6), _tma(128, 64, 128, split_k=2, stages=5),
+                _tma(128, 64, 128, split_k=4, stages=5), _tma(128, 64, bk, warps=8, split_k=2)]
+    if b == 128:
+        return [_tma(64, 128, bk, stages=6), _tma(64, 128, bk, split_k=2, stages=6),
+                _tma(64, 128, bk, split_k=4, stages=6), _tma(128, 128, bk, warps=8),
+                _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, 128, split_k=4, stages=4),
+                _tma(128, 128, 128, warps=8, split_k=4, stages=4)]
+    if b == 256:
+        return [_tma(128, 128, bk, warps=8), _tma(128, 256, bk, warps=8, stages=3), _tma(64, 256, bk, warps=8),
+                _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, bk, stages=6),
+                _tma(64, 128, bk, split_k=2, stages=6), _tma(128, 256, bk, warps=8, split_k=2, stages=3)]
+    return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
+            _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
+            _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def tuned_path(device_name: str) -> Path:
-    return TUNED_DIR / f"{_slug(device_name)}.json"
+    """This GPU's table; QEXP_KERNEL_TABLE names another file (A/B runs of two tables on one machine)."""
+    override = os.environ.get("QEXP_KERNEL_TABLE")
+    return Path(override) if override else TUNED_DIR / f"{_slug(device_name)}.json"
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """CUDA fast path of quantized_linear. Backends, chosen per (recipe, shape, M bucket) by the tuned table:
   triton      tensor-core GEMM, weight dequantized in registers (triton_qmm), W8A16 and W8A8
+  tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
@@ -17,6 +18,7 @@ from qexp.kernels import configs
 from qexp.kernels.triton_act_quant import quantize_activation
 from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_qmm import qmm
+from qexp.kernels import triton_qmm_tma
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -63,12 +65,16 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
                                        n, k, m, x.device)
     if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
         cfg = configs.heuristic("w8a8-int8", n, k, m)
+    if cfg["backend"] == "tma" and not triton_qmm_tma.supported(x2, w_q):
+        cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:
         if pre_scale is not None:
             x2 = (x2.float() * pre_scale).to(x.dtype)
         gs = group_size if w_scale.dim() == 2 else None
         if cfg["backend"] == "dequant_mm":
             out = F.linear(x2, dequantize(w_q, w_scale, gs, x.dtype), bias)
+        elif cfg["backend"] == "tma":
+            out = triton_qmm_tma.qmm_tma(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
         else:
             out = qmm(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
     elif cfg["backend"] == "gemv":  # decode: activation quantization fused into the GEMV
@@ -77,6 +83,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         x_q, x_s = quantize_activation(x2, act_dtype, pre_scale)
         if cfg["backend"] == "triton":
             out = qmm(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=x.dtype)
+        elif cfg["backend"] == "tma":
+            out = triton_qmm_tma.qmm_tma(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=x.dtype)
         else:
             out = _scaled_mm(x_q, x_s, w_q, w_scale, x.dtype, cfg["backend"] == "scaled_mm_fast")
             if bias is not None:
