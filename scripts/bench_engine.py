@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--hf-gen-len", type=int, default=100, help="HF decode tokens per sequence (it is slow)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batched-tokens", default="16384", help="engine max_num_batched_tokens (comma list)")
-    ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, ... (real mode)")
+    ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, int8-row+head (lm_head too), ... (real mode)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--merge", default="on", choices=["on", "off", "both"],
                     help="merged q/k/v and gate/up GEMMs (both: also time separate linears, key '<recipe>-unmerged')")
@@ -163,11 +163,13 @@ def main() -> None:
         if recipe != "bf16":
             from qexp.config import RunConfig
             from qexp.quant.apply import quantize_model
-            dtype, quant = recipe.split("-")
+            # "<dtype>-<quant>[+head]": +head also quantizes lm_head (RunConfig.include_lm_head)
+            dtype, quant = recipe.removesuffix("+head").split("-")
             # SmoothQuant calibrates on token batches; random ids suit dummy weights (only timing is measured)
             calib = [torch.tensor(p, device="cuda")[None] for p in _prompts(4, 512, 11)] if quant == "smooth" else None
             try:
-                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real").validate(),
+                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
+                                                include_lm_head=recipe.endswith("+head")).validate(),
                                calibration_batches=calib)
             except Exception as e:  # noqa: BLE001 - recorded, the other recipes still run
                 result["engine"][recipe] = {"error": f"{type(e).__name__}: {e}"}

@@ -120,16 +120,20 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
     if b == 64:
         return [_tma(64, 64, 128, stages=6), _tma(64, 64, 128, split_k=2, stages=6),
                 _tma(64, 64, 128, split_k=4, stages=6), _tma(128, 64, 128, split_k=2, stages=5),
-                _tma(128, 64, 128, split_k=4, stages=5), _tma(128, 64, bk, warps=8, split_k=2)]
+                _tma(128, 64, 128, split_k=4, stages=5), _tma(128, 64, bk, warps=8, split_k=2),
+                # shallower rings: two or three programs per SM overlap each other's convert and MMA
+                _tma(64, 64, 128, split_k=4, stages=3), _tma(64, 64, 64, split_k=4, stages=4)]
     if b == 128:
         return [_tma(64, 128, bk, stages=6), _tma(64, 128, bk, split_k=2, stages=6),
                 _tma(64, 128, bk, split_k=4, stages=6), _tma(128, 128, bk, warps=8),
                 _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, 128, split_k=4, stages=4),
-                _tma(128, 128, 128, warps=8, split_k=4, stages=4)]
+                _tma(128, 128, 128, warps=8, split_k=4, stages=4), _tma(64, 128, 64, split_k=4, stages=3),
+                _tma(64, 128, 64, split_k=2, stages=3)]
     if b == 256:
         return [_tma(128, 128, bk, warps=8), _tma(128, 256, bk, warps=8, stages=3), _tma(64, 256, bk, warps=8),
                 _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, bk, stages=6),
-                _tma(64, 128, bk, split_k=2, stages=6), _tma(128, 256, bk, warps=8, split_k=2, stages=3)]
+                _tma(64, 128, bk, split_k=2, stages=6), _tma(128, 256, bk, warps=8, split_k=2, stages=3),
+                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, 64, stages=3)]
     return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
             _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
             _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
