@@ -93,8 +93,9 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gemv", "dequant_mm", "scaled_mm", "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "tma", "gemv"):
+                assert cfg["backend"] in ("triton", "tma", "gluon", "gemv", "dequant_mm", "scaled_mm",
+                                          "scaled_mm_fast")
+                if cfg["backend"] in ("triton", "tma", "gluon", "gemv"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
@@ -195,6 +196,32 @@ def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
     torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
     out = fused.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
     assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._gluon(64, 64, 128, stages=6), configs._gluon(64, 64, 128, split_k=4, stages=6),
+                                 configs._gluon(128, 64, 64, split_k=2, stages=6),
+                                 configs._gluon(64, 128, 64, warps=8, split_k=4, stages=6),
+                                 configs._gluon(128, 128, 64, warps=8), configs._gluon(128, 256, 64, warps=8, stages=3),
+                                 configs._gluon(256, 128, 64, warps=8, stages=3)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", [("int8", "row", None), ("int8", "tensor", None), ("int8", "group", 64),
+                                           ("fp8", "row", None), ("fp8", "group", 128)])
+@pytest.mark.parametrize("m", [5, 70, 300])
+def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
+    """Hand-pipelined Gluon GEMM: ragged M and N, offset x view, bias, split-K; called twice so the split-K
+    arrival counters are seen reset."""
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(m + 29)
+    n, k = 528, 2048
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    for _ in range(2):
+        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
+        assert _rel(out, ref) < TOL
 
 
 @pytest.mark.gpu

@@ -48,6 +48,12 @@ def _tma(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False, ws=Fal
             "FAST_I8": False}
 
 
+def _gluon(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+    """W8A16 tile config for the hand-pipelined Gluon kernel (gluon_w8a16, sm_90+): BLOCK_M = 16 x warps or more."""
+    return {"backend": "gluon", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
+
+
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
     """CUDA-core GEMV config (weight-only, small M)."""
     return {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
@@ -93,6 +99,8 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 64, 64, swap=False), _triton(128, 256, 64, warps=8, stages=3),
                _triton(128, 128, 64, stages=4, swap=False)]
     out += _tma_candidates(b, a8)
+    if not a8:
+        out += _gluon_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
@@ -137,6 +145,24 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
     return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
             _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
             _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
+
+
+def _gluon_candidates(b: int) -> list[dict]:
+    if b == 1:
+        return []
+    if b in (16, 64):
+        return [_gluon(64, 64, 128, stages=6), _gluon(64, 64, 128, split_k=2, stages=6),
+                _gluon(64, 64, 128, split_k=4, stages=6), _gluon(128, 64, 64, split_k=2, stages=6),
+                _gluon(128, 64, 64, split_k=4, stages=6)]
+    if b == 128:
+        return [_gluon(64, 128, 64, warps=8, stages=6), _gluon(64, 128, 64, warps=8, split_k=2, stages=6),
+                _gluon(64, 128, 64, warps=8, split_k=4, stages=6), _gluon(128, 128, 64, warps=8),
+                _gluon(128, 128, 64, warps=8, split_k=2)]
+    if b == 256:
+        return [_gluon(128, 128, 64, warps=8), _gluon(64, 128, 64, warps=8, split_k=2, stages=6),
+                _gluon(128, 256, 64, warps=8, stages=3), _gluon(128, 128, 64, warps=8, split_k=2)]
+    return [_gluon(128, 128, 64, warps=8), _gluon(128, 256, 64, warps=8, stages=3),
+            _gluon(256, 128, 64, warps=8, stages=3)]
 
 
 def _slug(name: str) -> str:

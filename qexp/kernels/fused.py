@@ -1,6 +1,7 @@
 """CUDA fast path of quantized_linear. Backends, chosen per (recipe, shape, M bucket) by the tuned table:
   triton      tensor-core GEMM, weight dequantized in registers (triton_qmm), W8A16 and W8A8
   tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
+  gluon       W8A16 GEMM with a hand-made pipeline: convert overlaps the tensor cores (gluon_w8a16, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
@@ -19,6 +20,11 @@ from qexp.kernels.triton_act_quant import quantize_activation
 from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_qmm import qmm
 from qexp.kernels import triton_qmm_tma
+
+try:  # Gluon ships with Triton 3.5+; without it the tuner's gluon configs run as tma
+    from qexp.kernels import gluon_w8a16
+except ImportError:
+    gluon_w8a16 = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -65,7 +71,9 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
                                        n, k, m, x.device)
     if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
         cfg = configs.heuristic("w8a8-int8", n, k, m)
-    if cfg["backend"] == "tma" and not triton_qmm_tma.supported(x2, w_q):
+    if cfg["backend"] == "gluon" and (gluon_w8a16 is None or act_dtype is not None or x.dtype != torch.bfloat16):
+        cfg = {**cfg, "backend": "tma"}
+    if cfg["backend"] in ("tma", "gluon") and not triton_qmm_tma.supported(x2, w_q):
         cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:
         if pre_scale is not None:
@@ -75,6 +83,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = F.linear(x2, dequantize(w_q, w_scale, gs, x.dtype), bias)
         elif cfg["backend"] == "tma":
             out = triton_qmm_tma.qmm_tma(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
+        elif cfg["backend"] == "gluon":
+            out = gluon_w8a16.w8a16_gluon(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         else:
             out = qmm(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
     elif cfg["backend"] == "gemv":  # decode: activation quantization fused into the GEMV

@@ -1,0 +1,189 @@
+"""Weight-only W8A16 GEMM written in Gluon (Triton's explicit-layout dialect) with a hand-made Hopper pipeline.
+
+out = x @ dequant(w_q).T for x bf16 (M, K) and w_q int8 / fp8 (N, K); tensor-, row- or group-wise scales.
+Why not Triton's pipeliner (triton_qmm_tma): there each K step runs TMA wait -> convert -> store to shared memory ->
+fence -> barrier -> wgmma -> wait-for-wgmma in series, so the convert never overlaps the tensor cores. Here:
+  - a ring of STAGES x/w tiles fed by TMA, STAGES - 1 tiles ahead;
+  - the converted bf16 weight tile is double-buffered, so converting tile i+1 runs while wgmma i is in flight
+    (warpgroup_mma_wait(1) keeps one MMA outstanding);
+  - split-K reduced inside the launch, as in triton_qmm_tma (per-tile arrival counter, partials summed in order).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                               warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from qexp.kernels.triton_qmm_tma import _arrival_counts
+
+
+@triton.constexpr_function
+def _instr_n(block_n, num_warps, block_m):
+    """Largest wgmma N (multiple of 8, <= 256) that tiles BLOCK_N with the warps laid along M."""
+    reps_n = max(num_warps // max(block_m // 16, 1), 1)
+    n = 256
+    while n > max(block_n // reps_n, 8) or block_n % n:
+        n -= 8
+    return n
+
+
+@gluon.jit
+def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
+                  M, N, K, stride_om, stride_wsn, stride_wsg, group_size, tiles_per_split,
+                  GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+                  num_warps: gl.constexpr):
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    pid_m = pid % num_pid_m  # the M tiles of one weight tile run side by side: its bytes come from HBM once
+    pid_n = pid // num_pid_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    kt_begin = pid_k * tiles_per_split
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, _instr_n(BLOCK_N, num_warps, BLOCK_M), 16])
+    # 16 weight bytes per thread per load, a row of BLOCK_K bytes over BLOCK_K // 16 threads
+    cvt: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[512 // BLOCK_K, BLOCK_K // 16],
+                                         warps_per_cta=[num_warps, 1], order=[1, 0])
+    wb_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.bfloat16)
+
+    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    wb_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, BLOCK_K], wb_layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+
+    for t0 in gl.static_range(STAGES - 1):  # prologue: the first STAGES - 1 tiles in flight
+        p0 = t0 < tiles_per_split
+        mbarrier.expect(ready.index(t0), nbytes, pred=p0)
+        tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + t0) * BLOCK_K], ready.index(t0),
+                                        x_smem.index(t0), pred=p0)
+        tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + t0) * BLOCK_K], ready.index(t0),
+                                        w_smem.index(t0), pred=p0)
+
+    offs_n_cvt = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, cvt))
+    # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
+    # registers while one is in flight, or ptxas serializes every wgmma (C7515)
+    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma)
+    acc = _step(0, acc, False, x_desc, w_desc, x_smem, w_smem, wb_smem, ready, ws_ptr, offs_n_cvt, off_m, off_n, N,
+                stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes, cvt, GROUPED, BLOCK_K, STAGES)
+    for i in range(1, tiles_per_split):
+        acc = _step(i, acc, True, x_desc, w_desc, x_smem, w_smem, wb_smem, ready, ws_ptr, offs_n_cvt, off_m, off_n,
+                    N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes, cvt, GROUPED, BLOCK_K,
+                    STAGES)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
+    if SPLIT_K > 1:
+        tile = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))[:, None] * BLOCK_N + \
+            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))[None, :]
+        split_stride = (num_pid_n * num_pid_m * BLOCK_M * BLOCK_N).to(gl.int64)
+        part = part_ptr + pid.to(gl.int64) * (BLOCK_M * BLOCK_N) + tile
+        gl.store(part + pid_k * split_stride, acc)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma)
+            for t in range(SPLIT_K):
+                total += gl.load(part + t * split_stride, cache_modifier=".cg")
+            gl.atomic_xchg(count_ptr + pid, 0)
+            _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED,
+                      HAS_BIAS)
+    else:
+        _epilogue(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+
+
+@gluon.jit
+def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem, ready, ws_ptr, offs_n_cvt,
+          off_m, off_n, N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes: gl.constexpr, cvt: gl.constexpr,
+          GROUPED: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+    """K step i: convert weight tile i while wgmma i-1 runs, issue wgmma i, refill the slot wgmma i-1 used."""
+    s = i % STAGES
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    w = w_smem.index(s).load(cvt)
+    if GROUPED:  # bf16(w * s) per element, exactly as the reference dequantizes
+        g = ((kt_begin + i) * BLOCK_K) // group_size
+        sc = gl.load(ws_ptr + (offs_n_cvt % N) * stride_wsn + g * stride_wsg)
+        wb = (w.to(gl.float32) * sc[:, None]).to(gl.bfloat16)
+    else:
+        wb = w.to(gl.bfloat16)
+    buf = wb_smem.index(i % 2)  # wgmma i-2 read this buffer; it finished at step i-1's wait
+    buf.store(wb)
+    fence_async_shared()
+    gl.thread_barrier()
+    acc = warpgroup_mma(x_smem.index(s), buf.permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+    # wgmma i-1 is done: its x slot, and the w slot read at step i-1, take tile i + STAGES - 1
+    j = i + STAGES - 1
+    p = j < tiles_per_split
+    r = j % STAGES
+    mbarrier.expect(ready.index(r), nbytes, pred=p)
+    tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + j) * BLOCK_K], ready.index(r), x_smem.index(r),
+                                    pred=p)
+    tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(r), w_smem.index(r),
+                                    pred=p)
+    return acc
+
+
+@gluon.jit
+def _epilogue(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn,
+              GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    nmask = offs_n < N
+    if not GROUPED:
+        acc = acc * gl.load(ws_ptr + offs_n * stride_wsn, mask=nmask, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += gl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(gl.float32)[None, :]
+    mask = (offs_m[:, None] < M) & nmask[None, :]
+    gl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
+
+
+def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
+                group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x bf16 (M, K) with 16-byte aligned rows; same scales contract as triton_qmm.qmm. Returns bf16 (M, N)."""
+    m, k = x.shape
+    n = w_q.shape[0]
+    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
+    if w_scale.numel() == 1:
+        stride_wsn, stride_wsg = 0, 0
+    elif grouped:
+        stride_wsn, stride_wsg = w_scale.stride(0), w_scale.stride(1)
+    else:
+        stride_wsn, stride_wsg = 1, 0
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    while k % bk or (grouped and group_size % bk):
+        bk //= 2
+    split_k = math.gcd(cfg["SPLIT_K"], k // bk)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if split_k > 1:
+        part = torch.empty(split_k * tiles * bm * bn, device=x.device, dtype=torch.float32)
+        counts = _arrival_counts(x.device, tiles)
+    else:
+        part, counts = w_scale, _arrival_counts(x.device, 1)  # unused
+    x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
+                              gl.NVMMASharedLayout.get_default_for([bm, bk], _GL_DTYPE[x.dtype]))
+    w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],
+                              gl.NVMMASharedLayout.get_default_for([bn, bk], _GL_DTYPE[w_q.dtype]))
+    _w8a16_kernel[(tiles, split_k)](
+        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
+        m, n, k, out.stride(0), stride_wsn, stride_wsg, group_size or k, (k // bk) // split_k,
+        GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
+    return out
