@@ -203,7 +203,9 @@ def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
                                  configs._gluon(128, 64, 64, split_k=2, stages=6),
                                  configs._gluon(64, 128, 64, warps=8, split_k=4, stages=6),
                                  configs._gluon(128, 128, 64, warps=8), configs._gluon(128, 256, 64, warps=8, stages=3),
-                                 configs._gluon(256, 128, 64, warps=8, stages=3)],
+                                 configs._gluon(256, 128, 64, warps=8, stages=3),
+                                 configs._gluon(64, 64, 128, warps=8, split_k=4, stages=6),
+                                 configs._gluon(64, 64, 64, warps=8, split_k=8, stages=3)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [("int8", "row", None), ("int8", "tensor", None), ("int8", "group", 64),
                                            ("fp8", "row", None), ("fp8", "group", 128)])

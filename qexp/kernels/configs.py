@@ -150,7 +150,7 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
 def _gluon_candidates(b: int) -> list[dict]:
     if b == 1:
         return []
-    if b in (16, 64):
+    if b in (16, 64):  # (8 warps splitting N of a 64-row tile were tried too: no cell won)
         return [_gluon(64, 64, 128, stages=6), _gluon(64, 64, 128, split_k=2, stages=6),
                 _gluon(64, 64, 128, split_k=4, stages=6), _gluon(128, 64, 64, split_k=2, stages=6),
                 _gluon(128, 64, 64, split_k=4, stages=6)]

@@ -24,11 +24,19 @@ from qexp.kernels.triton_qmm_tma import _arrival_counts
 
 
 @triton.constexpr_function
+def _mma_warps(block_m, num_warps):
+    """Warps along M while a warp has >= 16 rows; the rest split N (two warp groups on a 64-row tile: each converts
+    and multiplies half the weight tile, halving the per-step convert chain)."""
+    along_m = min(num_warps, max(block_m // 16, 4))
+    return [along_m, num_warps // along_m]
+
+
+@triton.constexpr_function
 def _instr_n(block_n, num_warps, block_m):
-    """Largest wgmma N (multiple of 8, <= 256) that tiles BLOCK_N with the warps laid along M."""
-    reps_n = max(num_warps // max(block_m // 16, 1), 1)
+    """Largest wgmma N (multiple of 8, <= 256) that tiles the N each warp group covers."""
+    reps_n = _mma_warps(block_m, num_warps)[1]
     n = 256
-    while n > max(block_n // reps_n, 8) or block_n % n:
+    while n > max(block_n // reps_n, 8) or (block_n // reps_n) % n:
         n -= 8
     return n
 
@@ -49,7 +57,7 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
     off_n = pid_n * BLOCK_N
     kt_begin = pid_k * tiles_per_split
 
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=_mma_warps(BLOCK_M, num_warps),
                                                   instr_shape=[16, _instr_n(BLOCK_N, num_warps, BLOCK_M), 16])
     # 16 weight bytes per thread per load, a row of BLOCK_K bytes over BLOCK_K // 16 threads
     cvt: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[512 // BLOCK_K, BLOCK_K // 16],
