@@ -20,7 +20,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                                warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from qexp.kernels.triton_qmm_tma import _arrival_counts
+from qexp.kernels.triton_common import fit_block_k, scale_layout
+from qexp.kernels.triton_qmm_tma import split_k_buffers
 
 
 @triton.constexpr_function
@@ -167,24 +168,13 @@ def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: 
     """x bf16 (M, K) with 16-byte aligned rows; same scales contract as triton_qmm.qmm. Returns bf16 (M, N)."""
     m, k = x.shape
     n = w_q.shape[0]
-    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
-    if w_scale.numel() == 1:
-        stride_wsn, stride_wsg = 0, 0
-    elif grouped:
-        stride_wsn, stride_wsg = w_scale.stride(0), w_scale.stride(1)
-    else:
-        stride_wsn, stride_wsg = 1, 0
-    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    while k % bk or (grouped and group_size % bk):
-        bk //= 2
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    bk = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
     split_k = math.gcd(cfg["SPLIT_K"], k // bk)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    if split_k > 1:
-        part = torch.empty(split_k * tiles * bm * bn, device=x.device, dtype=torch.float32)
-        counts = _arrival_counts(x.device, tiles)
-    else:
-        part, counts = w_scale, _arrival_counts(x.device, 1)  # unused
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
                               gl.NVMMASharedLayout.get_default_for([bm, bk], _GL_DTYPE[x.dtype]))
     w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],

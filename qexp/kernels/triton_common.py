@@ -1,6 +1,36 @@
-"""Pieces shared by the quantized GEMM / GEMV kernels: the int8 -> float convert and the epilogue."""
+"""Pieces shared by the quantized GEMM / GEMV kernels: the int8 -> float convert, the epilogue, and the host-side
+reading of a weight's scale layout."""
 import triton
 import triton.language as tl
+
+
+def scale_layout(w_scale, group_size: int | None, k: int) -> tuple[bool, int, int]:
+    """(grouped, stride along N, stride along K groups) of a (1,) tensor-, (N,) row- or (N, K // gs) group scale."""
+    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
+    if w_scale.numel() == 1:
+        return grouped, 0, 0
+    if grouped:
+        return grouped, w_scale.stride(0), w_scale.stride(1)
+    return grouped, 1, 0
+
+
+def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None) -> int:
+    """Largest BLOCK_K <= the config's that tiles K whole, with no tile straddling two scale groups."""
+    while k % block_k or (grouped and group_size % block_k):
+        block_k //= 2
+    return block_k
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
+    """(pid_n, pid_m) of program pid: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are
+    reused from L2."""
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    width = GROUP_N * num_pid_m
+    first_n = (pid // width) * GROUP_N
+    group_n = min(num_pid_n - first_n, GROUP_N)
+    return first_n + (pid % width) % group_n, (pid % width) // group_n
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qexp.kernels.triton_common import epilogue, to_float
+from qexp.kernels.triton_common import epilogue, fit_block_k, grouped_tile, scale_layout, to_float
 from qexp.kernels.triton_qgemv import qgemv_kernel
 from qexp.quant import qdq
 
@@ -35,14 +35,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    # grouped ordering: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are reused from L2
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    width = GROUP_N * num_pid_m
-    first_n = (pid // width) * GROUP_N
-    group_n = min(num_pid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % width) % group_n
-    pid_m = (pid % width) // group_n
+    pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -110,18 +103,10 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     The gemv backend instead takes bf16 x with act_dtype (and pre_scale) and quantizes x itself."""
     m, k = x.shape
     n = w_q.shape[0]
-    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     if grouped and x_scale is not None:
         raise ValueError("W8A8 takes tensor- or row-wise weight scales, not group-wise")
-    if w_scale.numel() == 1:
-        stride_wsn, stride_wsg = 0, 0
-    elif grouped:
-        stride_wsn, stride_wsg = w_scale.stride(0), w_scale.stride(1)
-    else:
-        stride_wsn, stride_wsg = 1, 0
-    block_k = cfg["BLOCK_K"]
-    while k % block_k or (grouped and group_size % block_k):  # whole K tiles, none straddling two groups
-        block_k //= 2
+    block_k = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
     split_k = math.gcd(cfg["SPLIT_K"], triton.cdiv(k, block_k))
     final = out
     if split_k > 1:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from qexp.kernels.triton_common import epilogue, to_float
+from qexp.kernels.triton_common import epilogue, fit_block_k, grouped_tile, scale_layout, to_float
 
 
 @triton.jit(do_not_specialize=["M", "stride_wsn", "stride_wsg", "group_size", "tiles_per_split"])
@@ -32,13 +32,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
                     STAGES: tl.constexpr, WARP_SPEC: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    width = GROUP_N * num_pid_m
-    first_n = (pid // width) * GROUP_N
-    group_n = min(num_pid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % width) % group_n
-    pid_m = (pid % width) // group_n
+    pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
     off_n = pid_n * BLOCK_N
     off_m = pid_m * BLOCK_M
     offs_n = off_n + tl.arange(0, BLOCK_N)
@@ -75,7 +69,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
                  stride_wsn, 0, A8, GROUPED, HAS_BIAS, 1)
     else:
         tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        split_stride = (num_pid_n * num_pid_m * BLOCK_M * BLOCK_N).to(tl.int64)
+        split_stride = (tl.cdiv(N, BLOCK_N) * tl.cdiv(M, BLOCK_M) * BLOCK_M * BLOCK_N).to(tl.int64)
         part = part_ptr + pid.to(tl.int64) * (BLOCK_M * BLOCK_N) + tile
         tl.store(part + pid_k * split_stride, out)
         tl.debug_barrier()  # every thread's partial is written before the arrival is published (release)
@@ -105,6 +99,15 @@ def _arrival_counts(device: torch.device, tiles: int) -> torch.Tensor:
     return c
 
 
+def split_k_buffers(device: torch.device, split_k: int, tiles: int, tile_numel: int):
+    """fp32 partial tiles (uninitialised: each split writes its own) and the arrival counters of an in-kernel
+    split-K reduction; placeholders when split_k == 1 (the kernels never touch them then)."""
+    counts = _arrival_counts(device, tiles)
+    if split_k == 1:
+        return counts, counts
+    return torch.empty(split_k * tiles * tile_numel, device=device, dtype=torch.float32), counts
+
+
 def supported(x: torch.Tensor, w_q: torch.Tensor) -> bool:
     """TMA needs sm_90+, 16-byte aligned bases and row strides."""
     return (_has_tma(x.device.index or 0)
@@ -118,27 +121,15 @@ def qmm_tma(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict
     """Same contract as triton_qmm.qmm for the tensor-core backends (x: bf16, or int8/fp8 with x_scale)."""
     m, k = x.shape
     n = w_q.shape[0]
-    grouped = w_scale.dim() == 2 and group_size is not None and group_size < k
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     if grouped and x_scale is not None:
         raise ValueError("W8A8 takes tensor- or row-wise weight scales, not group-wise")
-    if w_scale.numel() == 1:
-        stride_wsn, stride_wsg = 0, 0
-    elif grouped:
-        stride_wsn, stride_wsg = w_scale.stride(0), w_scale.stride(1)
-    else:
-        stride_wsn, stride_wsg = 1, 0
-    block_k = cfg["BLOCK_K"]
-    while k % block_k or (grouped and group_size % block_k):
-        block_k //= 2
+    block_k = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     split_k = math.gcd(cfg["SPLIT_K"], k // block_k)
     out = torch.empty((m, n), device=x.device, dtype=out_dtype)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    if split_k > 1:
-        part = torch.empty(split_k * tiles * bm * bn, device=x.device, dtype=torch.float32)
-        counts = _arrival_counts(x.device, tiles)
-    else:
-        part = counts = w_scale  # unused
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, block_k])
     w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, block_k])
     _qmm_tma_kernel[(tiles, split_k)](
