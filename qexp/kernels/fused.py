@@ -19,9 +19,12 @@ from qexp.kernels import configs
 from qexp.kernels.triton_act_quant import quantize_activation
 from qexp.kernels.triton_dequant import dequantize
 from qexp.kernels.triton_qmm import qmm
-from qexp.kernels import triton_qmm_tma
 
-try:  # Gluon ships with Triton 3.5+; without it the tuner's gluon configs run as tma
+try:  # host-side TMA descriptors: Triton 3.4+ (torch >= 2.11 brings 3.6); else tma/gluon configs run as triton
+    from qexp.kernels import triton_qmm_tma
+except ImportError:
+    triton_qmm_tma = None
+try:  # Gluon: Triton 3.5+; else gluon configs run as tma
     from qexp.kernels import gluon_w8a16
 except ImportError:
     gluon_w8a16 = None
@@ -73,7 +76,7 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         cfg = configs.heuristic("w8a8-int8", n, k, m)
     if cfg["backend"] == "gluon" and (gluon_w8a16 is None or act_dtype is not None or x.dtype != torch.bfloat16):
         cfg = {**cfg, "backend": "tma"}
-    if cfg["backend"] in ("tma", "gluon") and not triton_qmm_tma.supported(x2, w_q):
+    if cfg["backend"] in ("tma", "gluon") and (triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
         cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:
         if pre_scale is not None:
