@@ -141,7 +141,8 @@ def main() -> None:
     ap.add_argument("--hf-gen-len", type=int, default=100, help="HF decode tokens per sequence (it is slow)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batched-tokens", default="16384", help="engine max_num_batched_tokens (comma list)")
-    ap.add_argument("--recipes", default="bf16", help="comma list: bf16, int8-row, fp8-row, int8-row+head (lm_head too), ... (real mode)")
+    ap.add_argument("--recipes", default="bf16",
+                    help="comma list: bf16, int8-row, fp8-row, int8-row+head (lm_head too), ... (real mode)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--merge", default="on", choices=["on", "off", "both"],
                     help="merged q/k/v and gate/up GEMMs (both: also time separate linears, key '<recipe>-unmerged')")

@@ -46,7 +46,8 @@ def main():
         else:
             r = by_name[name]
             q, s = quantize(w, r)
-            call = lambda: fused.quantized_linear(x, q, s, group_size=r["gs"], act_dtype=r["act"], config=cfg)  # noqa: E731
+            call = lambda: fused.quantized_linear(  # noqa: E731
+                x, q, s, group_size=r["gs"], act_dtype=r["act"], config=cfg)
         for _ in range(args.reps):
             call()
         torch.cuda.synchronize()

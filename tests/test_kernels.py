@@ -199,7 +199,8 @@ def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._gluon(64, 64, 128, stages=6), configs._gluon(64, 64, 128, split_k=4, stages=6),
+@pytest.mark.parametrize("cfg", [configs._gluon(64, 64, 128, stages=6),
+                                 configs._gluon(64, 64, 128, split_k=4, stages=6),
                                  configs._gluon(128, 64, 64, split_k=2, stages=6),
                                  configs._gluon(64, 128, 64, warps=8, split_k=4, stages=6),
                                  configs._gluon(128, 128, 64, warps=8), configs._gluon(128, 256, 64, warps=8, stages=3),

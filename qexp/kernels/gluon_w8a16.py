@@ -118,8 +118,8 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
 
 @gluon.jit
 def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem, ready, ws_ptr, offs_n_cvt,
-          off_m, off_n, N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes: gl.constexpr, cvt: gl.constexpr,
-          GROUPED: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+          off_m, off_n, N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes: gl.constexpr,
+          cvt: gl.constexpr, GROUPED: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
     """K step i: convert weight tile i while wgmma i-1 runs, issue wgmma i, refill the slot wgmma i-1 used."""
     s = i % STAGES
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
