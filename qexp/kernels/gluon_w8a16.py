@@ -174,7 +174,7 @@ def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: 
     split_k = math.gcd(cfg["SPLIT_K"], k // bk)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn)
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
                               gl.NVMMASharedLayout.get_default_for([bm, bk], _GL_DTYPE[x.dtype]))
     w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],

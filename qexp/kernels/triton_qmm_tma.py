@@ -89,23 +89,26 @@ def _has_tma(index: int) -> bool:
 
 
 _COUNTS: dict[torch.device, torch.Tensor] = {}
+_OUTGROWN: list[torch.Tensor] = []  # kept alive: CUDA graphs captured with them still point at them
 
 
 def _arrival_counts(device: torch.device, tiles: int) -> torch.Tensor:
     """Per-tile split-K arrival counters, zero between launches (the last split resets its tile's)."""
     c = _COUNTS.get(device)
     if c is None or c.numel() < tiles:
+        if c is not None:
+            _OUTGROWN.append(c)
         c = _COUNTS[device] = torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device)
     return c
 
 
-def split_k_buffers(device: torch.device, split_k: int, tiles: int, tile_numel: int):
+def split_k_buffers(device: torch.device, split_k: int, tiles: int, tile_numel: int, unused: torch.Tensor):
     """fp32 partial tiles (uninitialised: each split writes its own) and the arrival counters of an in-kernel
-    split-K reduction; placeholders when split_k == 1 (the kernels never touch them then)."""
-    counts = _arrival_counts(device, tiles)
+    split-K reduction; `unused` for both when split_k == 1 (the kernels compile that branch out)."""
     if split_k == 1:
-        return counts, counts
-    return torch.empty(split_k * tiles * tile_numel, device=device, dtype=torch.float32), counts
+        return unused, unused
+    return (torch.empty(split_k * tiles * tile_numel, device=device, dtype=torch.float32),
+            _arrival_counts(device, tiles))
 
 
 def supported(x: torch.Tensor, w_q: torch.Tensor) -> bool:
@@ -129,7 +132,7 @@ def qmm_tma(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict
     split_k = math.gcd(cfg["SPLIT_K"], k // block_k)
     out = torch.empty((m, n), device=x.device, dtype=out_dtype)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn)
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, block_k])
     w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, block_k])
     _qmm_tma_kernel[(tiles, split_k)](
