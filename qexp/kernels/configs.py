@@ -41,11 +41,10 @@ def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=True) -> d
             "num_warps": warps, "num_stages": stages, "GROUP_N": group_n, "SWAP_AB": swap}
 
 
-def _tma(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False, ws=False) -> dict:
-    """Tensor-core tile config whose tiles arrive by TMA (triton_qmm_tma, sm_90+); ws: warp-specialized loop."""
+def _tma(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False) -> dict:
+    """Tensor-core tile config whose tiles arrive by TMA (triton_qmm_tma, sm_90+)."""
     # Triton's own int8 -> bf16 convert (byte permutes + one bf16x2 add per pair) beats the fp32 bit trick here
-    return {**_triton(bn, bm, bk, split_k, warps, stages, group_n, swap), "backend": "tma", "WARP_SPEC": ws,
-            "FAST_I8": False}
+    return {**_triton(bn, bm, bk, split_k, warps, stages, group_n, swap), "backend": "tma", "FAST_I8": False}
 
 
 def _gluon(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:

@@ -3,8 +3,8 @@
 Same math, modes and epilogue as triton_qmm._qmm_kernel; what changes is the main loop. Pointer loads issue one
 cp.async per thread per vector and keep a warp busy with address arithmetic; a TMA descriptor moves a whole
 (rows, BLOCK_K) tile per instruction into swizzled shared memory, zero-filling rows past M or N, so the loop needs
-no modulo, no masks and leaves the issue slots to the convert and the MMA. WARP_SPEC lets Triton split the loop
-into a producer warp group (TMA) and consumer warp groups (convert + wgmma).
+no modulo, no masks and leaves the issue slots to the convert and the MMA. (Triton's `warp_specialize` on this
+loop changed nothing in the sm_90 SASS, so it is not offered.)
 Split-K reduces inside the one launch: each split stores its fp32 partial tile, the last split of a tile to
 arrive (a per-tile arrival counter, reset by that split) sums the partials in split order and runs the epilogue:
 no zero-fill or cast kernels around it, and the same sum whatever order the splits finish in.
@@ -29,7 +29,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
                     A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr,
-                    STAGES: tl.constexpr, WARP_SPEC: tl.constexpr):
+                    STAGES: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
@@ -45,7 +45,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32 if INT_ACC else tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT_ACC else tl.float32)
-    for i in tl.range(0, tiles_per_split, num_stages=STAGES, warp_specialize=WARP_SPEC):
+    for i in tl.range(0, tiles_per_split, num_stages=STAGES):
         kt = kt_begin + i
         w = w_desc.load([off_n, kt * BLOCK_K])  # (BLOCK_N, BLOCK_K), K contiguous
         x = x_desc.load([off_m, kt * BLOCK_K])  # (BLOCK_M, BLOCK_K)
@@ -142,6 +142,6 @@ def qmm_tma(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict
         A8=x_scale is not None, INT_ACC=x_scale is not None and w_q.dtype == torch.int8, GROUPED=grouped,
         HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=block_k,
         GROUP_N=cfg.get("GROUP_N", 8), SWAP_AB=cfg.get("SWAP_AB", True), FAST_I8=cfg.get("FAST_I8", True),
-        STAGES=cfg["num_stages"], WARP_SPEC=cfg.get("WARP_SPEC", False),
+        STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
