@@ -74,12 +74,8 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
 
     for t0 in gl.static_range(STAGES - 1):  # prologue: the first STAGES - 1 tiles in flight
-        p0 = t0 < tiles_per_split
-        mbarrier.expect(ready.index(t0), nbytes, pred=p0)
-        tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + t0) * BLOCK_K], ready.index(t0),
-                                        x_smem.index(t0), pred=p0)
-        tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + t0) * BLOCK_K], ready.index(t0),
-                                        w_smem.index(t0), pred=p0)
+        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
+               STAGES)
 
     offs_n_cvt = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, cvt))
     # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
@@ -137,7 +133,15 @@ def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem
     acc = warpgroup_mma(x_smem.index(s), buf.permute((1, 0)), acc, use_acc=USE_ACC, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
     # wgmma i-1 is done: its x slot, and the w slot read at step i-1, take tile i + STAGES - 1
-    j = i + STAGES - 1
+    _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+           BLOCK_K, STAGES)
+    return acc
+
+
+@gluon.jit
+def _fetch(j, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes: gl.constexpr,
+           BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of K tile j (x and weight) into ring slot j % STAGES, if the split has a tile j."""
     p = j < tiles_per_split
     r = j % STAGES
     mbarrier.expect(ready.index(r), nbytes, pred=p)
@@ -145,7 +149,6 @@ def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem
                                     pred=p)
     tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(r), w_smem.index(r),
                                     pred=p)
-    return acc
 
 
 @gluon.jit
