@@ -96,7 +96,7 @@ def _compile_worker(tasks):
 def precompile(plan: list, workers: int):
     seen, tasks = set(), []
     for r, cfg, k, m in plan:
-        bk = min(cfg.get("BLOCK_K", 0), r["gs"] or 1 << 30)
+        bk = cfg.get("BLOCK_K", 0) if configs.spans_groups(cfg) else min(cfg.get("BLOCK_K", 0), r["gs"] or 1 << 30)
         key = (r["dtype"], r["act"], r["gran"] == "group", json.dumps({**cfg, "BLOCK_K": bk}), k if r["act"] else 0)
         if key not in seen:
             seen.add(key)

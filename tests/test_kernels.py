@@ -76,8 +76,22 @@ def test_config_lookup_and_candidates():
     assert configs.kind(torch.int8, None, 64) == "w8a16-int8-group64"
     assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
     for m in configs.M_BUCKETS:
-        assert all(c.get("BLOCK_K", 0) <= 64 for c in configs.candidates("w8a16-fp8-group64", m))
+        assert all(c.get("BLOCK_K", 0) <= 64 for c in configs.candidates("w8a16-fp8-group64", m)
+                   if not configs.spans_groups(c))
         assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
+
+
+def test_k_tiles_fit_k_and_the_scale_groups():
+    fit_block_k = configs.fit_block_k
+    assert fit_block_k(2048, 1024, False, None) == 1024
+    assert fit_block_k(2048, 1024, True, 64) == 64  # a tensor-core tile stays inside one group
+    assert fit_block_k(2048, 1024, True, 64, span_groups=True) == 1024  # the GEMV's tile holds 16 whole groups
+    assert fit_block_k(2048, 256, True, 512, span_groups=True) == 256
+    assert fit_block_k(2304, 1024, True, 64, span_groups=True) == 256  # tiles K whole
+    assert fit_block_k(2304, 1024, True, 96, span_groups=True) == 32  # not a power of two: inside one group
+    gemv = configs._gemv(4, 1, 1024)
+    assert configs.spans_groups(gemv) and not configs.spans_groups(configs._gemv(16, 4, 128))
+    assert gemv in configs.candidates("w8a16-int8-group64", 1)
 
 
 def test_tuned_table_is_complete_and_used():
@@ -225,6 +239,63 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
         torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
         out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
         assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._gemv(4, 1, 1024), configs._gemv(8, 1, 512, split_k=2),
+                                 configs._gemv(16, 1, 512, warps=8)], ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", [r for r in RECIPES if r[1] == "group"] + [("int8", "row", None)])
+def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
+    """The one-row GEMV's K tile holds several scale groups (one scale per row and group)."""
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(gs or 1)
+    n, k = 1040, 2048
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
+    """A chain of quantized linears, each reading the one before's output with no other kernel between: launched
+    with programmatic dependent launch (sm_90+), each must wait for its input. Each layer is checked against the
+    reference applied to its own input, so a read of stale x (the graph replays with new inputs) shows."""
+    from qexp.kernels import fused, pdl
+    gen = torch.Generator(device="cuda").manual_seed(17)
+    kinds = [(configs._gemv(4, 1, 1024), "int8", "group", 64, None),
+             (configs._gemv(8, 1, 512, split_k=2), "fp8", "group", 128, None),
+             (configs._gemv(8, 1, 512), "int8", "row", None, "int8"),
+             (configs._triton(32, 16, 256), "int8", "row", None, None),
+             (configs._tma(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None)]
+    layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
+              for cfg, dt, gran, gs, act in kinds * 4]
+
+    def forward(x):
+        outs = [x]
+        for cfg, gs, act, q, s in layers:
+            outs.append(fused.quantized_linear(outs[-1], q, s, group_size=gs, act_dtype=act, config=cfg))
+        return outs
+
+    def check(outs):
+        for (cfg, gs, act, q, s), x, out in zip(layers, outs, outs[1:]):
+            assert _rel(out, reference.quantized_linear(x, q, s, group_size=gs, act_dtype=act)) < TOL, cfg
+
+    assert pdl.enabled(torch.device("cuda")) == (torch.cuda.get_device_capability() >= (9, 0))
+    static_x = torch.randn(1, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+    check(forward(static_x))
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs = forward(static_x)
+        for _ in range(3):
+            static_x.copy_(torch.randn(1, 2048, device="cuda", generator=gen, dtype=torch.bfloat16))
+            g.replay()
+            check(outs)
 
 
 @pytest.mark.gpu

@@ -59,6 +59,25 @@ def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
+def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, span_groups: bool = False) -> int:
+    """Largest BLOCK_K <= the config's that tiles K whole, with no tile straddling two scale groups; with
+    span_groups (and a power-of-two group size) a tile may instead hold several whole groups."""
+    def fits(bk):
+        if k % bk:
+            return False
+        if not grouped or group_size % bk == 0:
+            return True
+        return span_groups and bk % group_size == 0 and group_size & (group_size - 1) == 0
+    while not fits(block_k):
+        block_k //= 2
+    return block_k
+
+
+def spans_groups(cfg: dict) -> bool:
+    """The one-row GEMV takes K tiles of several whole scale groups; every other kernel's tile lies in one group."""
+    return cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1
+
+
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
     """A reasonable config without tuning (any GPU Triton runs on)."""
     a8 = kind_.startswith("w8a8")
@@ -108,7 +127,8 @@ def candidates(kind_: str, m: int) -> list[dict]:
         out += [{"backend": "dequant_mm"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
-        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c else c for c in out]
+        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c and not spans_groups(c) else c
+               for c in out]
         out = [c for i, c in enumerate(out) if c not in out[:i]]
     return out
 

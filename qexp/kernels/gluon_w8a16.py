@@ -16,11 +16,17 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                               warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from qexp.kernels.triton_common import fit_block_k, scale_layout
+from qexp.kernels import configs
+from qexp.kernels.triton_common import scale_layout
 from qexp.kernels.triton_qmm_tma import split_k_buffers
 
 
@@ -173,7 +179,7 @@ def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: 
     n = w_q.shape[0]
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    bk = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
+    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
     split_k = math.gcd(cfg["SPLIT_K"], k // bk)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)

@@ -12,13 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
+from qexp.kernels import pdl
 from qexp.quant import qdq
 
 
 @triton.jit
 def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
                       HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr, QMAX: tl.constexpr, QMAX_INV: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
+                      BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
@@ -48,5 +50,5 @@ def quantize_activation(x: torch.Tensor, act_dtype: str, pre_scale: torch.Tensor
                             HAS_PRE=pre_scale is not None, IS_FP8=act_dtype == "fp8",
                             QMAX=float(qdq.QMAX[act_dtype]),
                             QMAX_INV=float(np.float32(1.0) / np.float32(qdq.QMAX[act_dtype])), BLOCK_K=block_k,
-                            num_warps=min(16, max(4, block_k // 512)))
+                            num_warps=min(16, max(4, block_k // 512)), **pdl.launch(x.device))
     return q, s

@@ -14,13 +14,6 @@ def scale_layout(w_scale, group_size: int | None, k: int) -> tuple[bool, int, in
     return grouped, 1, 0
 
 
-def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None) -> int:
-    """Largest BLOCK_K <= the config's that tiles K whole, with no tile straddling two scale groups."""
-    while k % block_k or (grouped and group_size % block_k):
-        block_k //= 2
-    return block_k
-
-
 @triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
     """(pid_n, pid_m) of program pid: GROUP_N weight tiles sweep all M tiles together, so x and w tiles are

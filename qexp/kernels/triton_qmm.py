@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from qexp.kernels.triton_common import epilogue, fit_block_k, grouped_tile, scale_layout, to_float
+from qexp.kernels import configs, pdl
+from qexp.kernels.triton_common import epilogue, grouped_tile, scale_layout, to_float
 from qexp.kernels.triton_qgemv import qgemv_kernel
 from qexp.quant import qdq
 
@@ -32,7 +33,8 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 EVEN_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr):
+                GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
@@ -106,7 +108,7 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     if grouped and x_scale is not None:
         raise ValueError("W8A8 takes tensor- or row-wise weight scales, not group-wise")
-    block_k = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
+    block_k = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=configs.spans_groups(cfg))
     split_k = math.gcd(cfg["SPLIT_K"], triton.cdiv(k, block_k))
     final = out
     if split_k > 1:
@@ -118,16 +120,17 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
         if x_scale is not None:
             raise ValueError("the GEMV kernel quantizes x itself: pass act_dtype, not x_scale")
         qmax = float(qdq.QMAX[act_dtype]) if act_dtype else 1.0
+        use_pdl = pdl.enabled(x.device)
         qgemv_kernel[grid](
             x, w_q, out, w_scale, bias if bias is not None else w_scale,
             pre_scale if pre_scale is not None else w_scale,
             m, n, k, x.stride(0), w_q.stride(0), out.stride(0), stride_wsn, stride_wsg, group_size or k,
-            triton.cdiv(k, block_k) // split_k, GROUPED=grouped, HAS_BIAS=bias is not None,
-            EVEN_K=k % block_k == 0, SPLIT_K=split_k,
+            triton.cdiv(k, block_k) // split_k, GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
+            GROUP_TILE=min(group_size, block_k) if grouped else block_k,
             A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
-            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), PDL=use_pdl,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], launch_pdl=use_pdl)
     else:
         _qmm_kernel[grid](
             x, w_q, out, w_scale, x_scale if x_scale is not None else w_scale, bias if bias is not None else w_scale,
@@ -138,7 +141,7 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             EVEN_K=k % block_k == 0, SPLIT_K=split_k,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k, GROUP_N=cfg.get("GROUP_N", 8),
             SWAP_AB=cfg.get("SWAP_AB", True), FAST_I8=cfg.get("FAST_I8", True),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     if split_k == 1:
         return out
     return out.to(out_dtype) if final is None else final.copy_(out)

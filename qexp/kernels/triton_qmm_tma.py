@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from qexp.kernels.triton_common import epilogue, fit_block_k, grouped_tile, scale_layout, to_float
+from qexp.kernels import configs, pdl
+from qexp.kernels.triton_common import epilogue, grouped_tile, scale_layout, to_float
 
 
 @triton.jit(do_not_specialize=["M", "stride_wsn", "stride_wsg", "group_size", "tiles_per_split"])
@@ -29,7 +30,8 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
                     A8: tl.constexpr, INT_ACC: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr,
-                    STAGES: tl.constexpr):
+                    STAGES: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
@@ -127,7 +129,7 @@ def qmm_tma(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     if grouped and x_scale is not None:
         raise ValueError("W8A8 takes tensor- or row-wise weight scales, not group-wise")
-    block_k = fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
+    block_k = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     split_k = math.gcd(cfg["SPLIT_K"], k // block_k)
     out = torch.empty((m, n), device=x.device, dtype=out_dtype)
@@ -143,5 +145,5 @@ def qmm_tma(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict
         HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=block_k,
         GROUP_N=cfg.get("GROUP_N", 8), SWAP_AB=cfg.get("SWAP_AB", True), FAST_I8=cfg.get("FAST_I8", True),
         STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     return out

@@ -8,10 +8,13 @@ import torch
 import triton
 import triton.language as tl
 
+from qexp.kernels import pdl
+
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, N, eps,
-                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -34,7 +37,8 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | No
     out, res_out = torch.empty_like(x), torch.empty_like(x)
     _rms_norm_kernel[(x.numel() // n,)](x, residual if residual is not None else x, out, res_out, norm.weight, n,
                                         norm.variance_epsilon, HAS_RES=residual is not None,
-                                        BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 2048 else 4)
+                                        BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 2048 else 4,
+                                        **pdl.launch(x.device))
     return out, res_out
 
 
@@ -66,7 +70,8 @@ def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, src_row, eps, NH: tl.co
 @triton.jit
 def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_row, k_row, eps,
                          H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr,
-                         D: tl.constexpr):
+                         D: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)  # one token: all its q and k heads
     half = tl.arange(0, D // 2)
     c1 = tl.load(cos_ptr + t * D + half).to(tl.float32)[None, :]
@@ -98,12 +103,13 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Te
     _qk_norm_rope_kernel[(T,)](q, k, q_out, k_out, q_norm.weight, k_norm.weight, cos.contiguous(),
                                sin.contiguous(), q.stride(0), k.stride(0), q_norm.variance_epsilon, H=H, KV=KV,
                                H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
-                               num_warps=4)
+                               num_warps=4, **pdl.launch(q.device))
     return q_out, k_out
 
 
 @triton.jit
-def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n, a_row, b_row, BLOCK: tl.constexpr):
+def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n, a_row, b_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -123,5 +129,6 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = torch.empty(shape, device=a.device, dtype=a.dtype)
     block = min(2048, triton.next_power_of_2(n))
     _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, n, a.stride(0), b.stride(0), BLOCK=block,
-                                                          num_warps=8 if block >= 2048 else 4)
+                                                          num_warps=8 if block >= 2048 else 4,
+                                                          **pdl.launch(a.device))
     return out

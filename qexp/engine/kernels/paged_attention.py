@@ -14,10 +14,13 @@ import triton
 import triton.language as tl
 
 from qexp.engine.kernels.elementwise import rows_view
+from qexp.kernels import pdl
 
 
 @triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, k_row, v_row, ROW: tl.constexpr):
+def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, k_row, v_row, ROW: tl.constexpr,
+                     PDL: tl.constexpr):
+    pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:  # padded decode rows carry slot -1
@@ -32,7 +35,7 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     T, KV, D = k.shape
     k, v = rows_view(k), rows_view(v)
     _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=KV * D,
-                           num_warps=4)
+                           num_warps=4, **pdl.launch(k.device))
 
 
 @triton.jit
@@ -113,7 +116,8 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
 @triton.jit
 def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr, bt_ptr, bt_stride, scale,
                    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+                   GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+    pdl.start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -150,7 +154,9 @@ def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr,
 
 
 @triton.jit
-def _decode_combine_kernel(part_acc, part_ml, out_ptr, D: tl.constexpr, SPLITS: tl.constexpr):
+def _decode_combine_kernel(part_acc, part_ml, out_ptr, D: tl.constexpr, SPLITS: tl.constexpr,
+                           PDL: tl.constexpr):
+    pdl.start(PDL)
     bh = tl.program_id(0).to(tl.int64)  # one (sequence, head) row
     offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, D)
@@ -207,7 +213,9 @@ def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: flo
     group_pad = max(16, triton.next_power_of_2(H // KV))
     _decode_kernel[(B, KV, splits)](q, k_cache, v_cache, out, part_acc, part_ml, context_lens, block_tables,
                                     block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
-                                    GROUP_PAD=group_pad, BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
+                                    GROUP_PAD=group_pad, BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3,
+                                    **pdl.launch(q.device))
     if splits > 1:
-        _decode_combine_kernel[(B * H,)](part_acc, part_ml, out, D=D, SPLITS=splits, num_warps=4)
+        _decode_combine_kernel[(B * H,)](part_acc, part_ml, out, D=D, SPLITS=splits, num_warps=4,
+                                         **pdl.launch(q.device))
     return out
