@@ -34,7 +34,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
                 EVEN_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr, PDL: tl.constexpr):
-    pdl.start(PDL)
+    pdl.wait(PDL)  # nothing constant to fetch early: tiles come through the pipelined loop
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
@@ -88,6 +88,7 @@ def _qmm_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, xs_ptr, bias_ptr,
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
 
+    pdl.launch_next(PDL)
     if SWAP_AB:
         out = tl.trans(acc.to(tl.float32))
     else:

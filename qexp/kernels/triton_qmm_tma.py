@@ -31,7 +31,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
                     SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_N: tl.constexpr, SWAP_AB: tl.constexpr, FAST_I8: tl.constexpr,
                     STAGES: tl.constexpr, PDL: tl.constexpr):
-    pdl.start(PDL)
+    pdl.wait(PDL)  # nothing constant to fetch early: tiles come through the pipelined loop
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_N)
@@ -62,6 +62,7 @@ def _qmm_tma_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr,
         else:
             acc = tl.dot(x, w.T, acc, out_dtype=acc.dtype)
 
+    pdl.launch_next(PDL)
     if SWAP_AB:
         out = tl.trans(acc.to(tl.float32))
     else:
