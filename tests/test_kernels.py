@@ -271,9 +271,11 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs._gemv(8, 1, 512, split_k=2), "fp8", "group", 128, None),
              (configs._gemv(8, 1, 512), "int8", "row", None, "int8"),
              (configs._triton(32, 16, 256), "int8", "row", None, None),
-             (configs._tma(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None)]
+             (configs._tma(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None),
+             (configs._gluon(64, 64, 128, split_k=2, stages=6), "int8", "row", None, None),
+             (configs._gluon(64, 64, 128, stages=4), "int8", "group", 128, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
-              for cfg, dt, gran, gs, act in kinds * 4]
+              for cfg, dt, gran, gs, act in kinds * 3]
 
     def forward(x):
         outs = [x]

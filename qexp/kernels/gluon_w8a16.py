@@ -25,7 +25,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from qexp.kernels import configs
+from qexp.kernels import configs, pdl
 from qexp.kernels.triton_common import scale_layout
 from qexp.kernels.triton_qmm_tma import split_k_buffers
 
@@ -53,7 +53,7 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
                   M, N, K, stride_om, stride_wsn, stride_wsg, group_size, tiles_per_split,
                   GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-                  num_warps: gl.constexpr):
+                  PDL: gl.constexpr, num_warps: gl.constexpr):
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -79,9 +79,16 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
         mbarrier.init(ready.index(st), count=1)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
 
-    for t0 in gl.static_range(STAGES - 1):  # prologue: the first STAGES - 1 tiles in flight
+    # prologue: the first STAGES - 1 tiles in flight; with PDL the weight tiles go before waiting for the previous
+    # kernel (x is its output, the weights are constant)
+    for t0 in gl.static_range(STAGES - 1):
         _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
-               STAGES)
+               STAGES, True, not PDL)
+    if PDL:
+        _gdc_wait()
+        for t0 in gl.static_range(STAGES - 1):
+            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+                   BLOCK_K, STAGES, False, True)
 
     offs_n_cvt = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, cvt))
     # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
@@ -94,6 +101,8 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
                     N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes, cvt, GROUPED, BLOCK_K,
                     STAGES)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
+        _gdc_launch_dependents()
     for st in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(st))
 
@@ -146,15 +155,29 @@ def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem
 
 @gluon.jit
 def _fetch(j, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes: gl.constexpr,
-           BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of K tile j (x and weight) into ring slot j % STAGES, if the split has a tile j."""
+           BLOCK_K: gl.constexpr, STAGES: gl.constexpr, W: gl.constexpr = True, X: gl.constexpr = True):
+    """TMA of K tile j (weight if W, x if X; the slot's barrier expects both) into ring slot j % STAGES, if the
+    split has a tile j."""
     p = j < tiles_per_split
     r = j % STAGES
-    mbarrier.expect(ready.index(r), nbytes, pred=p)
-    tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + j) * BLOCK_K], ready.index(r), x_smem.index(r),
-                                    pred=p)
-    tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(r), w_smem.index(r),
-                                    pred=p)
+    if W:
+        mbarrier.expect(ready.index(r), nbytes, pred=p)
+        tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(r), w_smem.index(r),
+                                        pred=p)
+    if X:
+        tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + j) * BLOCK_K], ready.index(r), x_smem.index(r),
+                                        pred=p)
+
+
+@gluon.jit
+def _gdc_wait():  # Triton's gdc_wait, for Gluon (see qexp.kernels.pdl)
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _gdc_launch_dependents():
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -192,5 +215,5 @@ def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: 
         x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
         m, n, k, out.stride(0), stride_wsn, stride_wsg, group_size or k, (k // bk) // split_k,
         GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
+        STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], **pdl.launch(x.device))
     return out
