@@ -7,6 +7,7 @@
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
 W8A8 outside gemv quantizes activations with one fused per-token kernel (triton_act_quant) first.
 
+On sm_90+ the Triton and Gluon kernels are launched with programmatic dependent launch (qexp.kernels.pdl).
 No host synchronisation anywhere, so a CUDA graph can capture every call. Weights are consumed as the recipes
 store them (w_q (N, K) row-major, w_scale float32 (1,) | (N,) | (N, K // group_size)): no re-packing needed.
 """
