@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cuda_timing import graph_replay_ms  # noqa: E402  (scripts/, beside this file)
 
-from qexp.kernels import configs, fused, reference
+from qexp.kernels import configs, fused, pdl, reference
 from qexp.quant import qdq
 
 # (K, N): q (and the engine's merged q/k/v), k/v, o, gate/up, down, and the engine's merged gate/up
@@ -194,7 +194,8 @@ def save(args, name: str, tuned: dict, results: list[dict]) -> None:
             {"device": name, "torch": torch.__version__, "triton": _triton_version(), "configs": tuned},
             indent=1, sort_keys=True))
     meta = {"device": name, "torch": torch.__version__, "triton": _triton_version(), "cuda": torch.version.cuda,
-            "method": "CUDA-graph replay of n calls on n weight copies (> L2), median of 10, us per call"}
+            "method": "CUDA-graph replay of n calls on n weight copies (> L2), median of 10, us per call",
+            "pdl": pdl.enabled(torch.device("cuda"))}  # programmatic dependent launch (QEXP_PDL=0: off)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({**meta, "results": results}, indent=1))
 
