@@ -121,7 +121,6 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
         if x_scale is not None:
             raise ValueError("the GEMV kernel quantizes x itself: pass act_dtype, not x_scale")
         qmax = float(qdq.QMAX[act_dtype]) if act_dtype else 1.0
-        use_pdl = pdl.enabled(x.device)
         qgemv_kernel[grid](
             x, w_q, out, w_scale, bias if bias is not None else w_scale,
             pre_scale if pre_scale is not None else w_scale,
@@ -130,8 +129,8 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
             GROUP_TILE=min(group_size, block_k) if grouped else block_k,
             A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
-            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), PDL=use_pdl,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], launch_pdl=use_pdl)
+            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     else:
         _qmm_kernel[grid](
             x, w_q, out, w_scale, x_scale if x_scale is not None else w_scale, bias if bias is not None else w_scale,
