@@ -107,9 +107,9 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gluon", "gemv", "dequant_mm", "scaled_mm",
+                assert cfg["backend"] in ("triton", "tma", "gluon", "skinny", "gemv", "dequant_mm", "scaled_mm",
                                           "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "tma", "gluon", "gemv"):
+                if cfg["backend"] in ("triton", "tma", "gluon", "skinny", "gemv"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
@@ -242,6 +242,51 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 256), configs._skinny(64, 16, 128, split_k=4),
+                                 configs._skinny(128, 16, 256, warps=8, split_k=2),
+                                 configs._skinny(64, 16, 128, split_k=8, stages=3), configs._skinny(64, 32, 128),
+                                 configs._skinny(64, 64, 64, split_k=2, stages=6),
+                                 configs._skinny(128, 64, 64, warps=8, split_k=2)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+@pytest.mark.parametrize("m", [1, 5, 16, 70])
+def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
+    """mma.sync kernel with in-register conversion: every weight format (the int8 / e4m3 -> bf16 bit tricks cover
+    all 256 byte values of a random weight), K tiles spanning groups, ragged M and N, offset x view, bias, split-K;
+    called twice so the split-K arrival counters are seen reset."""
+    from qexp.kernels import fused, gluon_skinny
+    gen = torch.Generator(device="cuda").manual_seed(m + 31)
+    n, k = 528, 2048
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    assert gluon_skinny.supported(k, gs)
+    for _ in range(2):
+        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
+        assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_skinny_converts_every_byte_exactly(dtype):
+    """The bit-trick conversion is exact for all 256 codes (e4m3 subnormals included, NaN codes excluded): with
+    an identity-like x the output rows are the dequantized weight itself."""
+    from qexp.kernels import fused
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    if dtype == "fp8":
+        codes = codes[~codes.view(torch.float8_e4m3fn).float().isnan()]
+    k = 256  # row n holds codes n*16 .. n*16+15 (cyclically) in the 16 columns x selects: 64 rows see them all
+    idx = (torch.arange(k)[None, :] + 16 * torch.arange(64)[:, None]) % len(codes)
+    w = codes[idx].view(torch.int8 if dtype == "int8" else torch.float8_e4m3fn).cuda()
+    s = torch.ones(64, device="cuda")
+    x = torch.eye(k, device="cuda", dtype=torch.bfloat16)[:16]  # out[m, n] = w[n, m]
+    out = fused.quantized_linear(x, w, s, config=configs._skinny(64, 16, 64))
+    assert torch.equal(out, w.float()[:, :16].T.to(torch.bfloat16))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs._gemv(4, 1, 1024), configs._gemv(8, 1, 512, split_k=2),
                                  configs._gemv(16, 1, 512, warps=8)], ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [r for r in RECIPES if r[1] == "group"] + [("int8", "row", None)])
@@ -273,7 +318,9 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs._triton(32, 16, 256), "int8", "row", None, None),
              (configs._tma(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None),
              (configs._gluon(64, 64, 128, split_k=2, stages=6), "int8", "row", None, None),
-             (configs._gluon(64, 64, 128, stages=4), "int8", "group", 128, None)]
+             (configs._gluon(64, 64, 128, stages=4), "int8", "group", 128, None),
+             (configs._skinny(64, 16, 128, split_k=4), "fp8", "group", 64, None),
+             (configs._skinny(64, 16, 256), "int8", "row", None, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
               for cfg, dt, gran, gs, act in kinds * 3]
 

@@ -53,6 +53,12 @@ def _gluon(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
+def _skinny(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+    """W8A16 small-M config for the mma.sync kernel (gluon_skinny, sm_90+): BLOCK_N = 16 x warps weight rows."""
+    return {"backend": "skinny", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
+
+
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
     """CUDA-core GEMV config (weight-only, small M)."""
     return {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
@@ -74,8 +80,9 @@ def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, spa
 
 
 def spans_groups(cfg: dict) -> bool:
-    """The one-row GEMV takes K tiles of several whole scale groups; every other kernel's tile lies in one group."""
-    return cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1
+    """The one-row GEMV and the skinny kernel take K tiles of several whole scale groups; every other kernel's
+    tile lies in one group."""
+    return (cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1) or cfg.get("backend") == "skinny"
 
 
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
@@ -118,7 +125,7 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 128, 64, stages=4, swap=False)]
     out += _tma_candidates(b, a8)
     if not a8:
-        out += _gluon_candidates(b)
+        out += _gluon_candidates(b) + _skinny_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
@@ -164,6 +171,22 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
     return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
             _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
             _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
+
+
+def _skinny_candidates(b: int) -> list[dict]:
+    """Few weight rows per program and split-K, so that even N = 1024 spreads over every SM."""
+    if b == 1:
+        return [_skinny(64, 16, 256, split_k=2), _skinny(64, 16, 128, split_k=4)]
+    if b == 16:
+        return [_skinny(64, 16, 256), _skinny(64, 16, 128), _skinny(64, 16, 256, split_k=2),
+                _skinny(64, 16, 128, split_k=4), _skinny(64, 16, 256, split_k=4), _skinny(128, 16, 128, warps=8),
+                _skinny(128, 16, 256, warps=8, split_k=2), _skinny(64, 16, 128, split_k=8, stages=3),
+                _skinny(32, 16, 256, warps=2, split_k=2), _skinny(32, 16, 256, warps=2, split_k=4),
+                _skinny(32, 16, 512, warps=2, stages=3), _skinny(64, 16, 512, split_k=2, stages=3)]
+    if b == 64:
+        return [_skinny(64, 64, 64, stages=6), _skinny(64, 64, 64, split_k=2, stages=6),
+                _skinny(64, 32, 128), _skinny(64, 32, 128, split_k=2), _skinny(128, 64, 64, warps=8, split_k=2)]
+    return []
 
 
 def _gluon_candidates(b: int) -> list[dict]:

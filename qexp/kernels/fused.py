@@ -2,6 +2,7 @@
   triton      tensor-core GEMM, weight dequantized in registers (triton_qmm), W8A16 and W8A8
   tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
   gluon       W8A16 GEMM with a hand-made pipeline: convert overlaps the tensor cores (gluon_w8a16, sm_90+)
+  skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
@@ -25,10 +26,10 @@ try:  # host-side TMA descriptors: Triton 3.4+ (torch >= 2.11 brings 3.6); else 
     from qexp.kernels import triton_qmm_tma
 except ImportError:
     triton_qmm_tma = None
-try:  # Gluon: Triton 3.5+; else gluon configs run as tma
-    from qexp.kernels import gluon_w8a16
+try:  # Gluon: Triton 3.5+; else gluon configs run as tma, skinny ones take the heuristic's config
+    from qexp.kernels import gluon_skinny, gluon_w8a16
 except ImportError:
-    gluon_w8a16 = None
+    gluon_skinny = gluon_w8a16 = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -71,10 +72,15 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         return x.new_empty(*lead, n)
     if group_size is not None and group_size >= k:
         group_size = None  # one group per row is row-wise
-    cfg = config or configs.config_for(configs.kind(w_q.dtype, act_dtype, group_size if w_scale.dim() == 2 else None),
-                                       n, k, m, x.device)
+    kind = configs.kind(w_q.dtype, act_dtype, group_size if w_scale.dim() == 2 else None)
+    cfg = config or configs.config_for(kind, n, k, m, x.device)
     if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
         cfg = configs.heuristic("w8a8-int8", n, k, m)
+    if cfg["backend"] == "skinny" and not (
+            gluon_skinny is not None and act_dtype is None and x.dtype == torch.bfloat16
+            and gluon_skinny.supported(k, group_size if w_scale.dim() == 2 else None)
+            and triton_qmm_tma is not None and triton_qmm_tma.supported(x2, w_q)):
+        cfg = configs.heuristic(kind, n, k, m)
     if cfg["backend"] == "gluon" and (gluon_w8a16 is None or act_dtype is not None or x.dtype != torch.bfloat16):
         cfg = {**cfg, "backend": "tma"}
     if cfg["backend"] in ("tma", "gluon") and (triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
@@ -89,6 +95,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = triton_qmm_tma.qmm_tma(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
         elif cfg["backend"] == "gluon":
             out = gluon_w8a16.w8a16_gluon(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
+        elif cfg["backend"] == "skinny":
+            out = gluon_skinny.w8a16_skinny(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         else:
             out = qmm(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
     elif cfg["backend"] == "gemv":  # decode: activation quantization fused into the GEMV

@@ -1,0 +1,221 @@
+"""Weight-only W8A16 for skinny M (decode batches of a few to a few dozen tokens), written in Gluon.
+
+out = x @ dequant(w_q).T for x bf16 (M, K) and w_q int8 / fp8 (N, K); tensor-, row- or group-wise scales.
+At small M the GEMM moves weight bytes and little else, so the aim is to stream the weight at HBM speed with as few
+instructions per byte as possible (the Triton / wgmma kernels spend ~6 per weight element at M = 16):
+  - weight rows are the MMA's M and tokens its N (swap-AB), with mma.sync (16 x 8 x 16), which, unlike wgmma,
+    takes A from registers with no 64-row minimum;
+  - x and weight tiles arrive by TMA in a ring of STAGES slots; a slot is refilled as soon as every warp has read
+    it into registers, so STAGES tiles are in flight while one is multiplied;
+  - each thread reads its A operand straight from the weight tile in shared memory, 8 consecutive bytes of one row
+    (K_WIDTH = 8: the MMA's K order is permuted the same way in both operands, so 8 adjacent K values land in one
+    thread), and converts them in registers with 2 integer / bf16 instructions per element (`_to_bf16`); nothing
+    is written back to shared memory;
+  - group-wise scales: a K tile holds whole groups (64-wide groups do not mean 64-byte tiles); each group's
+    partial product is multiplied by its row scales in fp32;
+  - split-K partials are summed inside the launch (last-arriving program of a tile adds them in order).
+With PDL the weight tiles of the prologue are requested before waiting on the previous kernel (weights are
+constant), and when the whole grid is resident at once the next kernel is let launch at the start (its programs
+then fetch their weights while this one runs), else after the main loop.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from qexp.kernels import configs, pdl
+from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, _gdc_wait
+from qexp.kernels.triton_common import scale_layout
+from qexp.kernels.triton_qmm_tma import split_k_buffers
+
+SUB_K = 64  # K of one independent MMA chain
+K_WIDTH = gl.constexpr(8)  # consecutive K elements per thread in both operands: 8-byte weight reads, 16-byte x reads
+
+
+# 8-bit -> bf16, four elements (one register) per asm block, exact, without the I2F / F2F converters:
+# int8: byte b as the low mantissa byte of bf16 0x43__ gives 128 + (b & 0x7f) minus 128 or 256 for the sign bit;
+# e4m3: sign to bit 15, exponent and mantissa to bits 4-10 (a bf16 with e4m3's exponent field, bias 127 instead
+# of 7, subnormals included), then times 2^120. (e4m3 NaN is not kept: quantized weights are finite.)
+_I8_TO_BF16 = gl.constexpr("""{
+.reg .b32 lo, hi;
+prmt.b32 lo, $2, 0x43, 0x4140;
+prmt.b32 hi, $2, 0x43, 0x4342;
+and.b32 $0, lo, 0xff7fff7f;
+and.b32 lo, lo, 0xff80ff80;
+sub.bf16x2 $0, $0, lo;
+and.b32 $1, hi, 0xff7fff7f;
+and.b32 hi, hi, 0xff80ff80;
+sub.bf16x2 $1, $1, hi;
+}""")
+_E4M3_TO_BF16 = gl.constexpr("""{
+.reg .b32 lo, hi, t, c;
+mov.b32 c, 0x7b807b80;
+prmt.b32 lo, $2, 0, 0x1404;
+prmt.b32 hi, $2, 0, 0x3424;
+shr.b32 t, lo, 4;
+and.b32 t, t, 0x07f007f0;
+and.b32 lo, lo, 0x80008000;
+or.b32 lo, lo, t;
+mul.rn.bf16x2 $0, lo, c;
+shr.b32 t, hi, 4;
+and.b32 t, t, 0x07f007f0;
+and.b32 hi, hi, 0x80008000;
+or.b32 hi, hi, t;
+mul.rn.bf16x2 $1, hi, c;
+}""")
+
+
+@gluon.jit
+def _to_bf16(w):
+    asm: gl.constexpr = _I8_TO_BF16 if w.dtype == gl.int8 else _E4M3_TO_BF16
+    return gl.inline_asm_elementwise(asm, "=r,=r,r", [w], dtype=gl.bfloat16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
+                   M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
+                   GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr,
+                   SPLIT_K: gl.constexpr,
+                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SUB_K: gl.constexpr,
+                   STAGES: gl.constexpr, PDL: gl.constexpr, EARLY_TRIGGER: gl.constexpr, num_warps: gl.constexpr):
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    pid_m = pid % num_pid_m  # the M tiles of one weight strip run side by side: its bytes come from HBM once
+    pid_n = pid // num_pid_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    kt_begin = pid_k * tiles_per_split
+    if PDL and EARLY_TRIGGER:  # the whole grid is resident at once: the next kernel may start its prologue now
+        _gdc_launch_dependents()
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, 8])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=K_WIDTH)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=K_WIDTH)
+
+    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+
+    # prologue: every slot filled; with PDL the weight tiles go before waiting for the previous kernel
+    for t0 in gl.static_range(STAGES):
+        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
+               STAGES, True, not PDL)
+    if PDL:
+        _gdc_wait()  # x is the previous kernel's output
+        for t0 in gl.static_range(STAGES):
+            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+                   BLOCK_K, STAGES, False, True)
+
+    offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))) % N
+    acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
+    for i in range(tiles_per_split):
+        s = i % STAGES
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        # SUB_K-wide slices, each its own chain of dependent MMAs (one chain over the whole tile would bound the
+        # loop by mma.sync latency); grouped: a slice lies in one group and takes its row scales in fp32
+        for j in gl.static_range(BLOCK_K // SUB_K):
+            if GROUPED:
+                sc = gl.load(ws_ptr + offs_sn * stride_wsn
+                             + (((kt_begin + i) * BLOCK_K + j * SUB_K) // GROUP_SIZE) * stride_wsg)
+            a = _to_bf16(w_smem.index(s).slice(j * SUB_K, SUB_K, dim=1).load(a_l))
+            xt = x_smem.index(s).slice(j * SUB_K, SUB_K, dim=1).permute((1, 0)).load(b_l)
+            part = mma_v2(a, xt, gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma))
+            if GROUPED:
+                part = part * sc[:, None]
+            acc += part
+        gl.thread_barrier()  # every warp has read slot s: refill it with tile i + STAGES
+        _fetch(i + STAGES, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
+               nbytes, BLOCK_K, STAGES)
+    if PDL and not EARLY_TRIGGER:
+        _gdc_launch_dependents()
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
+    if SPLIT_K > 1:
+        tile = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))[:, None] * BLOCK_M + \
+            gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))[None, :]
+        split_stride = (num_pid_n * num_pid_m * BLOCK_M * BLOCK_N).to(gl.int64)
+        part = part_ptr + pid.to(gl.int64) * (BLOCK_M * BLOCK_N) + tile
+        gl.store(part + pid_k * split_stride, acc)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
+            for t in range(SPLIT_K):
+                total += gl.load(part + t * split_stride, cache_modifier=".cg")
+            gl.atomic_xchg(count_ptr + pid, 0)
+            _epilogue_t(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED,
+                        HAS_BIAS)
+    else:
+        _epilogue_t(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+
+
+@gluon.jit
+def _epilogue_t(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn,
+                GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) = out.T: row/tensor scale, bias, store transposed."""
+    nmask = offs_n < N
+    if not GROUPED:
+        acc = acc * gl.load(ws_ptr + offs_n * stride_wsn, mask=nmask, other=0.0)[:, None]
+    if HAS_BIAS:
+        acc += gl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(gl.float32)[:, None]
+    mask = nmask[:, None] & (offs_m[None, :] < M)
+    gl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.cache
+def _resident_programs(device: torch.device, smem_per_program: int) -> int:
+    """Programs of this kernel the GPU holds at once, as bounded by shared memory (227 KB per SM on sm_90)."""
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count * max(1, props.shared_memory_per_block_optin // (smem_per_program + 2048))
+
+
+def supported(k: int, group_size: int | None) -> bool:
+    """K tiles of at least 32 (the operand layout's K extent: 4 threads x K_WIDTH) inside one scale group."""
+    return k % 32 == 0 and (group_size is None or group_size % 32 == 0)
+
+
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
+
+
+def w8a16_skinny(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
+                 group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q, K a multiple of 32). Returns bf16 (M, N)."""
+    m, k = x.shape
+    n = w_q.shape[0]
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
+    bm, bn, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_stages"]
+    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=True)
+    smem = stages * (bn * bk * w_q.element_size() + bm * bk * x.element_size())
+    split_k = math.gcd(cfg["SPLIT_K"], k // bk)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
+    x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
+                              gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16))
+    w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],
+                              gl.NVMMASharedLayout.get_default_for([bn, bk], _GL_DTYPE[w_q.dtype]))
+    _skinny_kernel[(tiles, split_k)](
+        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
+        m, n, k, out.stride(0), stride_wsn, stride_wsg, (k // bk) // split_k,
+        GROUPED=grouped, GROUP_SIZE=group_size if grouped else 1, HAS_BIAS=bias is not None, SPLIT_K=split_k,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SUB_K=min(SUB_K, bk, group_size or bk), STAGES=stages,
+        EARLY_TRIGGER=tiles * split_k <= _resident_programs(x.device, smem), num_warps=cfg["num_warps"],
+        **pdl.launch(x.device))
+    return out
