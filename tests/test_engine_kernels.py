@@ -62,20 +62,27 @@ def test_decode_attention_matches_reference(splits):
     assert _rel(out, ref) < 1e-2
 
 
-def test_store_kv_writes_slots_and_skips_padding():
-    from qexp.engine.kernels import store_kv
-    k, v = torch.randn(2, 7, 8, 128, device=DEV).bfloat16()
+def test_qk_norm_rope_stores_kv_at_slots_and_skips_padding():
+    """qk_norm_rope with the caches writes the very k it returns without them, and v, at each token's slot;
+    padded rows (slot -1) write nothing. v as a row-strided view, as the merged qkv gives it."""
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from qexp.engine.kernels import qk_norm_rope
+    qn, kn = Qwen3RMSNorm(128).to(DEV, torch.bfloat16), Qwen3RMSNorm(128).to(DEV, torch.bfloat16)
+    torch.nn.init.normal_(qn.weight, 1.0, 0.1), torch.nn.init.normal_(kn.weight, 1.0, 0.1)
+    qkv = torch.randn(7, 4096, device=DEV).bfloat16()
+    q, k, v = (t.view(7, -1, 128) for t in qkv.split([2048, 1024, 1024], -1))
+    ang = torch.arange(7, device=DEV)[:, None].float() * torch.rand(64, device=DEV)
+    cos, sin = torch.cat([ang, ang], -1).cos().bfloat16(), torch.cat([ang, ang], -1).sin().bfloat16()
     kc = torch.randn(4, 16, 8, 128, device=DEV).bfloat16()
-    vc = kc.clone()
+    vc = torch.randn(4, 16, 8, 128, device=DEV).bfloat16()
     ref_k, ref_v = kc.clone(), vc.clone()
-    kc2, vc2 = kc.clone(), vc.clone()
     slots = torch.tensor([3, 17, 63, 0, -1, 40, 41], dtype=torch.int32, device=DEV)
-    store_kv(k, v, kc, vc, slots)
-    store_kv_reference(k[slots >= 0], v[slots >= 0], ref_k, ref_v, slots[slots >= 0])
+    q_ref, k_ref = qk_norm_rope(q, k, qn, kn, cos, sin)
+    q_out, none = qk_norm_rope(q, k, qn, kn, cos, sin, v, kc, vc, slots)
+    store_kv_reference(k_ref[slots >= 0], v[slots >= 0], ref_k, ref_v, slots[slots >= 0])
+    assert none is None and torch.equal(q_out, q_ref)
     assert torch.equal(kc, ref_k) and torch.equal(vc, ref_v)
-    kv = torch.cat([k.flatten(1), v.flatten(1)], -1)  # v as a row-strided view, as the merged qkv gives it
-    store_kv(k, kv[:, 1024:].view(7, 8, 128), kc2, vc2, slots)
-    assert torch.equal(kc2, ref_k) and torch.equal(vc2, ref_v)
 
 
 def test_fused_norms_match_hf_modules(tiny_model_dir):

@@ -162,8 +162,8 @@ class ModelRunner:
                 q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
             q, k, v = q.view(T, H, D), k.view(T, KV, D), v.view(T, KV, D)
             if self.use_triton:
-                q, k = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin)
-                self.kernels.store_kv(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
+                q, _ = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin, v, self.k_cache[i],
+                                                 self.v_cache[i], meta.slot_mapping)  # k, v into the cache
                 o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
             else:
                 q, k = _rope(attn.q_norm(q), attn.k_norm(k), cos, sin)

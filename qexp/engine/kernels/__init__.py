@@ -3,7 +3,6 @@ from qexp.engine.kernels.elementwise import qk_norm_rope, rms_norm, silu_mul
 from qexp.engine.kernels.paged_attention import (
     decode_attention,
     prefill_attention,
-    store_kv,
 )
 
 __all__ = [
@@ -13,7 +12,6 @@ __all__ = [
     "qk_norm_rope",
     "rms_norm",
     "silu_mul",
-    "store_kv",
 ]
 
 

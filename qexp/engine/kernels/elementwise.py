@@ -43,15 +43,15 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | No
 
 
 @triton.jit
-def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, src_row, eps, NH: tl.constexpr, NH_PAD: tl.constexpr,
+def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, eps, keep, NH: tl.constexpr, NH_PAD: tl.constexpr,
                      D: tl.constexpr):
-    """RMSNorm over D then rotary, for all NH heads of token t: a (NH_PAD, D/2) tile per half. src rows are
-    src_row elements apart (a view into the merged qkv output), dst is contiguous."""
+    """RMSNorm over D then rotary, for the NH heads of one token row src -> dst (contiguous heads): a
+    (NH_PAD, D/2) tile per half. Stores only if keep."""
     heads = tl.arange(0, NH_PAD)
     half = tl.arange(0, D // 2)
     mask = (heads < NH)[:, None]
     col = heads[:, None] * D + half[None, :]
-    src, dst = src + t * src_row + col, dst + t * NH * D + col
+    src, dst = src + col, dst + col
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + D // 2, mask=mask, other=0.0).to(tl.float32)
     dt = dst.dtype.element_ty
@@ -63,14 +63,14 @@ def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, t, src_row, eps, NH: tl.co
     # HF: q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-q2, q1), each product rounded
     y1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
     y2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    tl.store(dst, y1.to(dt), mask=mask)
-    tl.store(dst + D // 2, y2.to(dt), mask=mask)
+    tl.store(dst, y1.to(dt), mask=mask & keep)
+    tl.store(dst + D // 2, y2.to(dt), mask=mask & keep)
 
 
 @triton.jit
-def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, sin_ptr, q_row, k_row, eps,
-                         H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr,
-                         D: tl.constexpr, PDL: tl.constexpr):
+def _qk_norm_rope_kernel(q_ptr, k_ptr, v_ptr, q_out, k_out, v_out, slot_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
+                         q_row, k_row, v_row, eps, H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr,
+                         KV_PAD: tl.constexpr, D: tl.constexpr, TO_CACHE: tl.constexpr, PDL: tl.constexpr):
     pdl.start(PDL)
     t = tl.program_id(0).to(tl.int64)  # one token: all its q and k heads
     half = tl.arange(0, D // 2)
@@ -78,8 +78,16 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out, k_out, qw_ptr, kw_ptr, cos_ptr, si
     c2 = tl.load(cos_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
     s1 = tl.load(sin_ptr + t * D + half).to(tl.float32)[None, :]
     s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
-    _norm_rope_heads(q_ptr, q_out, qw_ptr, c1, c2, s1, s2, t, q_row, eps, H, H_PAD, D)
-    _norm_rope_heads(k_ptr, k_out, kw_ptr, c1, c2, s1, s2, t, k_row, eps, KV, KV_PAD, D)
+    _norm_rope_heads(q_ptr + t * q_row, q_out + t * H * D, qw_ptr, c1, c2, s1, s2, eps, True, H, H_PAD, D)
+    if TO_CACHE:  # k and v go straight to their cache slot; padded decode rows carry slot -1 and store nothing
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        _norm_rope_heads(k_ptr + t * k_row, k_out + slot * KV * D, kw_ptr, c1, c2, s1, s2, eps, slot >= 0,
+                         KV, KV_PAD, D)
+        offs = tl.arange(0, KV_PAD * D)
+        vmask = (offs < KV * D) & (slot >= 0)
+        tl.store(v_out + slot * KV * D + offs, tl.load(v_ptr + t * v_row + offs, mask=vmask), mask=vmask)
+    else:
+        _norm_rope_heads(k_ptr + t * k_row, k_out + t * KV * D, kw_ptr, c1, c2, s1, s2, eps, True, KV, KV_PAD, D)
 
 
 def rows_view(x: torch.Tensor) -> torch.Tensor:
@@ -92,19 +100,28 @@ def rows_view(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Tensor, sin: torch.Tensor):
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Tensor, sin: torch.Tensor,
+                 v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
+                 v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None):
     """q (T, H, D), k (T, KV, D): per-head RMSNorm (HF q_norm / k_norm weights) then rotary with cos/sin (T, D).
-    q and k may be row-strided views (merged qkv output); the results are contiguous."""
+    q, k, v may be row-strided views (merged qkv output). Returns contiguous (q, k); given the caches
+    (num_blocks, block_size, KV, D) and slot_mapping (T,), k and v (T, KV, D) are written there instead, at each
+    token's slot (slots < 0 skipped), and (q, None) is returned: one launch instead of two."""
     T, H, D = q.shape
     KV = k.shape[1]
     q, k = rows_view(q), rows_view(k)
     q_out = torch.empty((T, H, D), device=q.device, dtype=q.dtype)
-    k_out = torch.empty((T, KV, D), device=k.device, dtype=k.dtype)
-    _qk_norm_rope_kernel[(T,)](q, k, q_out, k_out, q_norm.weight, k_norm.weight, cos.contiguous(),
-                               sin.contiguous(), q.stride(0), k.stride(0), q_norm.variance_epsilon, H=H, KV=KV,
-                               H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
-                               num_warps=4, **pdl.launch(q.device))
-    return q_out, k_out
+    to_cache = k_cache is not None
+    if to_cache:
+        v, k_out, v_out, slots = rows_view(v), k_cache, v_cache, slot_mapping
+    else:
+        k_out = torch.empty((T, KV, D), device=k.device, dtype=k.dtype)
+        v, v_out, slots = k, k_out, cos  # unused
+    _qk_norm_rope_kernel[(T,)](q, k, v, q_out, k_out, v_out, slots, q_norm.weight, k_norm.weight, cos.contiguous(),
+                               sin.contiguous(), q.stride(0), k.stride(0), v.stride(0), q_norm.variance_epsilon,
+                               H=H, KV=KV, H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
+                               TO_CACHE=to_cache, num_warps=4, **pdl.launch(q.device))
+    return q_out, (None if to_cache else k_out)
 
 
 @triton.jit

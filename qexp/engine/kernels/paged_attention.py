@@ -1,5 +1,5 @@
-"""Triton kernels for the paged KV cache: store new K/V into their slots, varlen causal prefill attention and
-split-KV decode attention, both reading K/V through block tables (GQA: a kv head serves H/KV query heads).
+"""Triton attention kernels over the paged KV cache (new K/V are stored by elementwise.qk_norm_rope): varlen
+causal prefill attention and split-KV decode attention, both reading K/V through block tables (GQA: a kv head serves H/KV query heads).
 
 Cache layout (num_blocks, block_size, KV, D): position p of a sequence lives at slot
 block_table[p // block_size] * block_size + p % block_size, so any block_size works; a tile of keys looks its
@@ -13,29 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qexp.engine.kernels.elementwise import rows_view
 from qexp.kernels import pdl
-
-
-@triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, k_cache, v_cache, slot_ptr, k_row, v_row, ROW: tl.constexpr,
-                     PDL: tl.constexpr):
-    pdl.start(PDL)
-    t = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_ptr + t).to(tl.int64)
-    if slot >= 0:  # padded decode rows carry slot -1
-        offs = tl.arange(0, ROW)
-        tl.store(k_cache + slot * ROW + offs, tl.load(k_ptr + t * k_row + offs))
-        tl.store(v_cache + slot * ROW + offs, tl.load(v_ptr + t * v_row + offs))
-
-
-def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
-    """k, v (T, KV, D) -> caches (num_blocks, block_size, KV, D) at slot_mapping (T,) (slots < 0 skipped).
-    Rows may be strided (v is a view of the merged qkv output)."""
-    T, KV, D = k.shape
-    k, v = rows_view(k), rows_view(v)
-    _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=KV * D,
-                           num_warps=4, **pdl.launch(k.device))
 
 
 @triton.jit
