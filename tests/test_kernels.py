@@ -245,7 +245,7 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 @pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 256), configs._skinny(64, 16, 128, split_k=4),
                                  configs._skinny(32, 16, 512, warps=2, stages=3),
                                  configs._skinny(128, 16, 256, warps=8, split_k=2),
-                                 configs._skinny(64, 64, 64, split_k=2, stages=6)],
+                                 configs._skinny(64, 64, 64, split_k=2, stages=6), configs._skinny(128, 64, 64)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [1, 5, 70])

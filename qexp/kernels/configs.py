@@ -183,7 +183,7 @@ def _skinny_candidates(b: int) -> list[dict]:
                 _skinny(128, 16, 256, warps=8, split_k=2), _skinny(64, 16, 128, split_k=8, stages=3),
                 _skinny(32, 16, 256, warps=2, split_k=2), _skinny(32, 16, 256, warps=2, split_k=4),
                 _skinny(32, 16, 512, warps=2, stages=3), _skinny(64, 16, 512, split_k=2, stages=3)]
-    if b == 64:
+    if b == 64:  # (128- and 256-row tiles, 32 rows per warp, were tried at M=64 and M=128: no cell won)
         return [_skinny(64, 64, 64, stages=6), _skinny(64, 64, 64, split_k=2, stages=6),
                 _skinny(64, 32, 128), _skinny(64, 32, 128, split_k=2), _skinny(128, 64, 64, warps=8, split_k=2)]
     return []

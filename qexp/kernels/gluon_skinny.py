@@ -125,18 +125,21 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
     for i in range(tiles_per_split):
         s = i % STAGES
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        # SUB_K-wide slices, each its own chain of dependent MMAs (one chain over the whole tile would bound the
-        # loop by mma.sync latency); grouped: a slice lies in one group and takes its row scales in fp32
+        # SUB_K-wide slices. At BLOCK_M 16 each is its own chain of dependent MMAs, added to acc after (one chain
+        # over the tile would bound the loop by mma.sync latency; wider M tiles have enough independent ones).
+        # Grouped: a slice lies in one group and takes its row scales in fp32.
         for j in gl.static_range(BLOCK_K // SUB_K):
             if GROUPED:
                 sc = gl.load(ws_ptr + offs_sn * stride_wsn
                              + (((kt_begin + i) * BLOCK_K + j * SUB_K) // GROUP_SIZE) * stride_wsg)
             a = _to_bf16(w_smem.index(s).slice(j * SUB_K, SUB_K, dim=1).load(a_l))
             xt = x_smem.index(s).slice(j * SUB_K, SUB_K, dim=1).permute((1, 0)).load(b_l)
-            part = mma_v2(a, xt, gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma))
             if GROUPED:
-                part = part * sc[:, None]
-            acc += part
+                acc += mma_v2(a, xt, gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)) * sc[:, None]
+            elif BLOCK_M < 32:
+                acc += mma_v2(a, xt, gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma))
+            else:
+                acc = mma_v2(a, xt, acc)
         gl.thread_barrier()  # every warp has read slot s: refill it with tile i + STAGES
         _fetch(i + STAGES, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
                nbytes, BLOCK_K, STAGES)
