@@ -132,6 +132,16 @@ def _quantized(n, k, dtype, gran, gs, gen):
     return q.contiguous(), s
 
 
+def _ragged_case(m, dtype, gran, gs, seed, act=None):
+    """N = 528 (no tile multiple), K = 2048, x an offset view into a larger tensor, a bias; and the reference."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    n, k = 528, 2048
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return q, s, x, bias, reference.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias)
+
+
 def _rel(out, ref):
     assert torch.isfinite(out).all(), "unwritten (poisoned) or non-finite outputs"
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -200,13 +210,8 @@ def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
 def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
     """TMA-fed GEMM: M and N not multiples of the tile (the copy engine zero-fills), offset x view, bias, split-K."""
     from qexp.kernels import fused, triton_qmm_tma
-    gen = torch.Generator(device="cuda").manual_seed(m + 13)
-    n, k = 528, 2048
-    q, s = _quantized(n, k, dtype, gran, gs, gen)
-    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 13, act)
     assert triton_qmm_tma.supported(x, q)
-    ref = reference.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias)
     torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
     out = fused.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
     assert _rel(out, ref) < TOL
@@ -229,12 +234,7 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     """Hand-pipelined Gluon GEMM: ragged M and N, offset x view, bias, split-K; called twice so the split-K
     arrival counters are seen reset."""
     from qexp.kernels import fused
-    gen = torch.Generator(device="cuda").manual_seed(m + 29)
-    n, k = 528, 2048
-    q, s = _quantized(n, k, dtype, gran, gs, gen)
-    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
-    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 29)
     for _ in range(2):
         torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
         out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
@@ -254,13 +254,8 @@ def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     all 256 byte values of a random weight), K tiles spanning groups, ragged M and N, offset x view, bias, split-K;
     called twice so the split-K arrival counters are seen reset."""
     from qexp.kernels import fused, gluon_skinny
-    gen = torch.Generator(device="cuda").manual_seed(m + 31)
-    n, k = 528, 2048
-    q, s = _quantized(n, k, dtype, gran, gs, gen)
-    x = torch.randn(3, m, k, device="cuda", generator=gen, dtype=torch.bfloat16)[1]
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
-    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
-    assert gluon_skinny.supported(k, gs)
+    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 31)
+    assert gluon_skinny.supported(q.shape[1], gs)
     for _ in range(2):
         torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
         out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)

@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from qexp.kernels import configs, pdl
-from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, _gdc_wait
+from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, _gdc_wait, split_k_sum
 from qexp.kernels.triton_common import scale_layout
 from qexp.kernels.triton_qmm_tma import split_k_buffers
 
@@ -151,18 +151,9 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
     if SPLIT_K > 1:
-        tile = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))[:, None] * BLOCK_M + \
-            gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))[None, :]
-        split_stride = (num_pid_n * num_pid_m * BLOCK_M * BLOCK_N).to(gl.int64)
-        part = part_ptr + pid.to(gl.int64) * (BLOCK_M * BLOCK_N) + tile
-        gl.store(part + pid_k * split_stride, acc)
-        gl.thread_barrier()
-        arrived = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            total = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
-            for t in range(SPLIT_K):
-                total += gl.load(part + t * split_stride, cache_modifier=".cg")
-            gl.atomic_xchg(count_ptr + pid, 0)
+        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M,
+                                  SPLIT_K, mma)
+        if last:
             _epilogue_t(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED,
                         HAS_BIAS)
     else:

@@ -109,22 +109,34 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     if SPLIT_K > 1:
-        tile = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))[:, None] * BLOCK_N + \
-            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))[None, :]
-        split_stride = (num_pid_n * num_pid_m * BLOCK_M * BLOCK_N).to(gl.int64)
-        part = part_ptr + pid.to(gl.int64) * (BLOCK_M * BLOCK_N) + tile
-        gl.store(part + pid_k * split_stride, acc)
-        gl.thread_barrier()
-        arrived = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            total = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=mma)
-            for t in range(SPLIT_K):
-                total += gl.load(part + t * split_stride, cache_modifier=".cg")
-            gl.atomic_xchg(count_ptr + pid, 0)
+        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_M, BLOCK_N,
+                                  SPLIT_K, mma)
+        if last:
             _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED,
                       HAS_BIAS)
     else:
         _epilogue(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+
+
+@gluon.jit
+def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr, C: gl.constexpr,
+                SPLIT_K: gl.constexpr, layout: gl.constexpr):
+    """In-launch split-K reduction of output tile `pid` (R x C, fp32 in `layout`): store this split's partial;
+    the split that arrives last sums all partials in split order (deterministic) and re-arms the tile's arrival
+    counter. Returns (last, total); total is the sum only where last."""
+    tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
+        gl.arange(0, C, layout=gl.SliceLayout(0, layout))[None, :]
+    split_stride = (num_tiles * R * C).to(gl.int64)
+    part = part_ptr + pid.to(gl.int64) * (R * C) + tile
+    gl.store(part + pid_k * split_stride, acc)
+    gl.thread_barrier()
+    last = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+    total = gl.zeros((R, C), dtype=gl.float32, layout=layout)
+    if last:
+        for t in range(SPLIT_K):
+            total += gl.load(part + t * split_stride, cache_modifier=".cg")
+        gl.atomic_xchg(count_ptr + pid, 0)
+    return last, total
 
 
 @gluon.jit
