@@ -26,10 +26,14 @@ try:  # host-side TMA descriptors: Triton 3.4+ (torch >= 2.11 brings 3.6); else 
     from qexp.kernels import triton_qmm_tma
 except ImportError:
     triton_qmm_tma = None
-try:  # Gluon: Triton 3.5+; else gluon configs run as tma, skinny ones take the heuristic's config
-    from qexp.kernels import gluon_skinny, gluon_w8a16
+try:  # Gluon: Triton 3.5+; else gluon configs run as tma
+    from qexp.kernels import gluon_w8a16
 except ImportError:
-    gluon_skinny = gluon_w8a16 = None
+    gluon_w8a16 = None
+try:  # Gluon's mma.sync and Hopper TMA; else skinny configs take the heuristic's config
+    from qexp.kernels import gluon_skinny
+except ImportError:
+    gluon_skinny = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
