@@ -1,5 +1,6 @@
 """Triton attention kernels over the paged KV cache (new K/V are stored by elementwise.qk_norm_rope): varlen
-causal prefill attention and split-KV decode attention, both reading K/V through block tables (GQA: a kv head serves H/KV query heads).
+causal prefill attention and split-KV decode attention, both reading K/V through block tables (GQA: a kv head
+serves H/KV query heads).
 
 Cache layout (num_blocks, block_size, KV, D): position p of a sequence lives at slot
 block_table[p // block_size] * block_size + p % block_size, so any block_size works; a tile of keys looks its
