@@ -29,10 +29,15 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from qexp.kernels import configs, pdl
-from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, _gdc_wait, split_k_sum
+from qexp.kernels.gluon_w8a16 import (
+    _fetch,
+    _gdc_launch_dependents,
+    _gdc_wait,
+    split_k_sum,
+    tma_descriptors,
+)
 from qexp.kernels.triton_common import scale_layout
 from qexp.kernels.triton_qmm_tma import split_k_buffers
 
@@ -194,9 +199,6 @@ def supported(k: int, group_size: int | None) -> bool:
     return k % 32 == 0 and (group_size is None or group_size % 32 == 0)
 
 
-_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
-
-
 def w8a16_skinny(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
                  group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q, K a multiple of 32). Returns bf16 (M, N)."""
@@ -210,10 +212,7 @@ def w8a16_skinny(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg:
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
-    x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
-                              gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16))
-    w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],
-                              gl.NVMMASharedLayout.get_default_for([bn, bk], _GL_DTYPE[w_q.dtype]))
+    x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
     _skinny_kernel[(tiles, split_k)](
         x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
         m, n, k, out.stride(0), stride_wsn, stride_wsg, (k // bk) // split_k,

@@ -207,6 +207,14 @@ def _epilogue(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, s
 _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}
 
 
+def tma_descriptors(x: torch.Tensor, w_q: torch.Tensor, bm: int, bn: int, bk: int):
+    """TMA descriptors of x (M, K) tiles (bm, bk) and w_q (N, K) tiles (bn, bk), in NVMMA-swizzled shared memory."""
+    def desc(t, rows):
+        return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], [rows, bk],
+                                gl.NVMMASharedLayout.get_default_for([rows, bk], _GL_DTYPE[t.dtype]))
+    return desc(x, bm), desc(w_q, bn)
+
+
 def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
                 group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x bf16 (M, K) with 16-byte aligned rows; same scales contract as triton_qmm.qmm. Returns bf16 (M, N)."""
@@ -219,10 +227,7 @@ def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: 
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
-    x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [bm, bk],
-                              gl.NVMMASharedLayout.get_default_for([bm, bk], _GL_DTYPE[x.dtype]))
-    w_desc = TensorDescriptor(w_q, [n, k], [w_q.stride(0), 1], [bn, bk],
-                              gl.NVMMASharedLayout.get_default_for([bn, bk], _GL_DTYPE[w_q.dtype]))
+    x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
     _w8a16_kernel[(tiles, split_k)](
         x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
         m, n, k, out.stride(0), stride_wsn, stride_wsg, group_size or k, (k // bk) // split_k,
