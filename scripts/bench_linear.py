@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--md", default=None, help="also write the markdown table here")
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
+    ap.add_argument("--backend", default=None,
+                    help="with --tune: try only this backend's candidates against the current tuned choice")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")
     args = ap.parse_args()
@@ -128,10 +130,14 @@ def main():
 
     def plan_cfgs(r, k, n, m):
         """Candidates when tuning (tensor-wise reuses the row-wise winner: same kernel), else the tuned choice."""
-        if args.tune and r["gran"] != "tensor":
-            return configs.candidates(kind_of(r), m)
         kk = configs.key(kind_of(r), n, k, m)
-        return [tuned.get(kk) or configs.heuristic(kind_of(r), n, k, configs.m_bucket(m))]
+        current = [tuned.get(kk) or configs.heuristic(kind_of(r), n, k, configs.m_bucket(m))]
+        if args.tune and r["gran"] != "tensor":
+            cands = configs.candidates(kind_of(r), m)
+            if args.backend:
+                cands = current + [c for c in cands if c["backend"] == args.backend and c != current[0]]
+            return cands
+        return current
 
     plan = [(r, c, k, m) for r in rs for (k, n) in SHAPES for m in ms for c in plan_cfgs(r, k, n, m)]
     precompile(plan, args.workers)

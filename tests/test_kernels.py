@@ -107,9 +107,9 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gluon", "skinny", "gemv", "dequant_mm", "scaled_mm",
+                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "dequant_mm", "scaled_mm",
                                           "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "tma", "gluon", "skinny", "gemv"):
+                if cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
@@ -263,10 +263,12 @@ def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 64), configs._rs(64, 64, 64)],
+                         ids=lambda c: c["backend"])
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
-def test_skinny_converts_every_byte_exactly(dtype):
-    """The bit-trick conversion is exact for all 256 codes (e4m3 subnormals included, NaN codes excluded): with
-    an identity-like x the output rows are the dequantized weight itself."""
+def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
+    """The bit-trick conversions (skinny: 4 bytes per step, gluon_rs: 2) are exact for all 256 codes (e4m3
+    subnormals included, NaN codes excluded): with an identity-like x the output rows are the dequantized weight."""
     from qexp.kernels import fused
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     if dtype == "fp8":
@@ -276,8 +278,27 @@ def test_skinny_converts_every_byte_exactly(dtype):
     w = codes[idx].view(torch.int8 if dtype == "int8" else torch.float8_e4m3fn).cuda()
     s = torch.ones(64, device="cuda")
     x = torch.eye(k, device="cuda", dtype=torch.bfloat16)[:16]  # out[m, n] = w[n, m]
-    out = fused.quantized_linear(x, w, s, config=configs._skinny(64, 16, 64))
+    out = fused.quantized_linear(x, w, s, config=cfg)
     assert torch.equal(out, w.float()[:, :16].T.to(torch.bfloat16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._rs(64, 64, 128, stages=6), configs._rs(64, 64, 64, split_k=4, stages=8),
+                                 configs._rs(128, 64, 64, warps=8, split_k=2, stages=6),
+                                 configs._rs(128, 128, 64, warps=8, stages=5), configs._rs(128, 256, 64, warps=8),
+                                 configs._rs(256, 128, 64, warps=8)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+@pytest.mark.parametrize("m", [5, 70, 300])
+def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
+    """Register-operand wgmma kernel: every weight format (a random weight covers all byte values), ragged M and N,
+    offset x view, bias, split-K, several M tiles; called twice so the split-K arrival counters are seen reset."""
+    from qexp.kernels import fused
+    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 57)
+    for _ in range(2):
+        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
+        assert _rel(out, ref) < TOL
 
 
 @pytest.mark.gpu
@@ -314,7 +335,9 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs._gluon(64, 64, 128, split_k=2, stages=6), "int8", "row", None, None),
              (configs._gluon(64, 64, 128, stages=4), "int8", "group", 128, None),
              (configs._skinny(64, 16, 128, split_k=4), "fp8", "group", 64, None),
-             (configs._skinny(64, 16, 256), "int8", "row", None, None)]
+             (configs._skinny(64, 16, 256), "int8", "row", None, None),
+             (configs._rs(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
+             (configs._rs(128, 64, 64, warps=8), "fp8", "row", None, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
               for cfg, dt, gran, gs, act in kinds * 3]
 

@@ -59,6 +59,13 @@ def _skinny(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
+def _rs(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+    """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
+    16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens."""
+    return {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
+
+
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
     """CUDA-core GEMV config (weight-only, small M)."""
     return {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
@@ -125,7 +132,7 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 128, 64, stages=4, swap=False)]
     out += _tma_candidates(b, a8)
     if not a8:
-        out += _gluon_candidates(b) + _skinny_candidates(b)
+        out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
@@ -185,6 +192,24 @@ def _skinny_candidates(b: int) -> list[dict]:
     if b == 64:  # (128- and 256-row tiles, 32 rows per warp, were tried at M=64 and M=128: no cell won)
         return [_skinny(64, 64, 64, stages=6), _skinny(64, 64, 64, split_k=2, stages=6),
                 _skinny(64, 32, 128), _skinny(64, 32, 128, split_k=2), _skinny(128, 64, 64, warps=8, split_k=2)]
+    return []
+
+
+def _rs_candidates(b: int) -> list[dict]:
+    """M tiles of 64-256 tokens (wgmma's N); split-K where few weight strips would leave SMs idle."""
+    if b == 64:
+        return [_rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4,
+                stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
+                _rs(64, 64, 64, split_k=4, stages=8)]
+    if b == 128:
+        return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
+                stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 128, split_k=2)]
+    if b == 256:
+        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
+                _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(256, 128, 64, warps=8)]
+    if b >= 1024:
+        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
+                _rs(128, 256, 64, warps=8, stages=3)]
     return []
 
 

@@ -2,6 +2,7 @@
   triton      tensor-core GEMM, weight dequantized in registers (triton_qmm), W8A16 and W8A8
   tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
   gluon       W8A16 GEMM with a hand-made pipeline: convert overlaps the tensor cores (gluon_w8a16, sm_90+)
+  gluon_rs    W8A16 for M >= 64: wgmma with the weight converted in its operand registers (gluon_w8a16_rs)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
@@ -34,6 +35,11 @@ try:  # Gluon's mma.sync and Hopper TMA; else skinny configs take the heuristic'
     from qexp.kernels import gluon_skinny
 except ImportError:
     gluon_skinny = None
+
+try:  # the register-operand wgmma kernel (shares gluon_skinny's helpers); else gluon_rs configs run as tma
+    from qexp.kernels import gluon_w8a16_rs
+except ImportError:
+    gluon_w8a16_rs = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -85,9 +91,11 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             and gluon_skinny.supported(k, group_size if w_scale.dim() == 2 else None)
             and triton_qmm_tma is not None and triton_qmm_tma.supported(x2, w_q)):
         cfg = configs.heuristic(kind, n, k, m)
-    if cfg["backend"] == "gluon" and (gluon_w8a16 is None or act_dtype is not None or x.dtype != torch.bfloat16):
+    if cfg["backend"] in ("gluon", "gluon_rs") and (
+            {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs}[cfg["backend"]] is None or act_dtype is not None
+            or x.dtype != torch.bfloat16):
         cfg = {**cfg, "backend": "tma"}
-    if cfg["backend"] in ("tma", "gluon") and (triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
+    if cfg["backend"] in ("tma", "gluon", "gluon_rs") and (triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
         cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:
         if pre_scale is not None:
@@ -99,6 +107,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = triton_qmm_tma.qmm_tma(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
         elif cfg["backend"] == "gluon":
             out = gluon_w8a16.w8a16_gluon(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
+        elif cfg["backend"] == "gluon_rs":
+            out = gluon_w8a16_rs.w8a16_rs(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "skinny":
             out = gluon_skinny.w8a16_skinny(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         else:

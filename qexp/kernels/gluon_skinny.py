@@ -166,15 +166,22 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
 
 
 @gluon.jit
-def _epilogue_t(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn,
-                GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
-    """acc (BLOCK_N, BLOCK_M) = out.T: row/tensor scale, bias, store transposed."""
+def _scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) = out.T in fp32: times the row / tensor scale, plus bias."""
     nmask = offs_n < N
     if not GROUPED:
         acc = acc * gl.load(ws_ptr + offs_n * stride_wsn, mask=nmask, other=0.0)[:, None]
     if HAS_BIAS:
         acc += gl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(gl.float32)[:, None]
-    mask = nmask[:, None] & (offs_m[None, :] < M)
+    return acc
+
+
+@gluon.jit
+def _epilogue_t(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn,
+                GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) = out.T: row/tensor scale, bias, store transposed."""
+    acc = _scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+    mask = (offs_n < N)[:, None] & (offs_m[None, :] < M)
     gl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -1,0 +1,223 @@
+"""Weight-only W8A16 GEMM for M >= 64 with the weight as wgmma's register operand ("RS" wgmma), in Gluon.
+
+out = x @ dequant(w_q).T for x bf16 (M, K) and w_q int8 / fp8 (N, K); tensor-, row- or group-wise scales.
+gluon_w8a16 converts each weight tile and writes it back to shared memory for wgmma: a store, a fence and a CTA
+barrier per K step. wgmma can take its A operand from registers instead (B must be in shared memory), so here, as
+in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
+  - weight rows are the MMA's M and tokens its N (swap-AB): the accumulator is out.T, stored transposed;
+  - each thread reads its A fragment of the int8 / fp8 tile straight from the TMA ring and converts it in
+    registers (`gluon_skinny._to_bf16`; group scales by a bf16x2 FMA pair, `_scaled`);
+  - wgmma i runs while tile i + 1 is read and converted; the registers it reads stay live until it is waited on;
+  - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`).
+Weights are read as the recipes store them (row-major, no re-packing).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from qexp.kernels import configs, pdl
+from qexp.kernels.gluon_skinny import _scale_bias_t
+from qexp.kernels.gluon_w8a16 import (
+    _fetch,
+    _gdc_launch_dependents,
+    _gdc_wait,
+    split_k_sum,
+    tma_descriptors,
+)
+from qexp.kernels.triton_common import scale_layout
+from qexp.kernels.triton_qmm_tma import split_k_buffers
+
+# bf16(w * s) for a float32 group scale s = hi + lo (two bf16s): fma(w, hi, w * lo) rounds once, so it equals the
+# reference's bf16(float(w) * s) but where w * s lies within ~2^-17 of a rounding boundary
+_SCALE = gl.constexpr("{ .reg .b32 t; mul.rn.bf16x2 t, $1, $3; fma.rn.bf16x2 $0, $1, $2, t; }")
+
+
+@gluon.jit
+def _scaled(wb, s_hi, s_lo):
+    return gl.inline_asm_elementwise(_SCALE, "=r,r,r,r", [wb, s_hi[:, None], s_lo[:, None]], dtype=gl.bfloat16,
+                                     is_pure=True, pack=2)
+
+
+@gluon.jit
+def _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, t, BLOCK_K: gl.constexpr, GROUP_SIZE: gl.constexpr):
+    """Row scales of K tile t (inside one group) as bf16 hi + lo."""
+    sc = gl.load(ws_ptr + offs_sn * stride_wsn + ((t * BLOCK_K) // GROUP_SIZE) * stride_wsg)
+    hi = sc.to(gl.bfloat16)
+    return hi, (sc - hi.to(gl.float32)).to(gl.bfloat16)
+
+
+@triton.constexpr_function
+def _pair_layout(block_n, block_k, num_warps):
+    """Registers of the weight tile viewed as int16 byte pairs (block_n, block_k // 2) such that every thread holds
+    the pairs of its bf16 wgmma A fragment: lane (g, t) of warp w, rows 16 w + g (+ 8), pairs t, t + 4 of each 8."""
+    log2 = lambda v: v.bit_length() - 1
+    reg = [[8, 0], [0, 4]] + [[0, 8 << i] for i in range(log2(block_k // 16))] + \
+        [[(16 * num_warps) << i, 0] for i in range(log2(block_n // (16 * num_warps)))]
+    return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
+                                      warp_bases=[[16 << i, 0] for i in range(log2(num_warps))], block_bases=[],
+                                      shape=[block_n, block_k // 2])
+
+
+# One 16-bit byte pair (two K-adjacent weights) -> bf16x2, exact, by gluon_skinny's bit tricks (2 instructions
+# per element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them)
+_I8X2_TO_BF16X2 = gl.constexpr("""{
+.reg .b32 v, s;
+prmt.b32 v, $1, 0x43, 0x4140;
+and.b32 s, v, 0xff80ff80;
+and.b32 $0, v, 0xff7fff7f;
+sub.bf16x2 $0, $0, s;
+}""")
+_E4M3X2_TO_BF16X2 = gl.constexpr("""{
+.reg .b32 v, t, c;
+mov.b32 c, 0x7b807b80;
+prmt.b32 v, $1, 0, 0x1404;
+shr.b32 t, v, 4;
+and.b32 t, t, 0x07f007f0;
+and.b32 v, v, 0x80008000;
+or.b32 v, v, t;
+mul.rn.bf16x2 $0, v, c;
+}""")
+
+
+@gluon.jit
+def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
+    """Weight tile (shared memory, int8 / fp8) -> bf16 A fragment, read as the byte pairs each thread owns (one
+    16-bit load per pair: a thread's pairs are 8 bytes apart) and converted a pair at a time."""
+    w16: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_tile.layout.swizzle_byte_width,
+                                             element_bitwidth=16, rank=2)
+    pairs = w_tile._reinterpret(gl.int16, [BLOCK_N, BLOCK_K // 2], w16).load(
+        _pair_layout(BLOCK_N, BLOCK_K, num_warps))
+    asm: gl.constexpr = _I8X2_TO_BF16X2 if w_tile.dtype == gl.int8 else _E4M3X2_TO_BF16X2
+    v = gl.inline_asm_elementwise(asm, "=r,r", [pairs.to(gl.int32)], dtype=gl.int32, is_pure=True, pack=1)
+    lo = v.to(gl.int16).to(gl.bfloat16, bitcast=True)
+    hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    w = gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K])
+    return gl.convert_layout(w, a_l, assert_trivial=True)
+
+
+@gluon.jit
+def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
+               M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
+               GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
+               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+               PDL: gl.constexpr, num_warps: gl.constexpr):
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    pid_m = pid % num_pid_m  # the M tiles of one weight strip run side by side: its bytes come from HBM once
+    pid_n = pid // num_pid_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    kt_begin = pid_k * tiles_per_split
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_M, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+
+    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+
+    # prologue: STAGES - 1 tiles in flight; with PDL the weight tiles go before waiting for the previous kernel
+    for t0 in gl.static_range(STAGES - 1):
+        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
+               STAGES, True, not PDL)
+    if PDL:
+        _gdc_wait()  # x is the previous kernel's output
+        for t0 in gl.static_range(STAGES - 1):
+            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+                   BLOCK_K, STAGES, False, True)
+
+    offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))) % N
+    if GROUPED:
+        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin, BLOCK_K, GROUP_SIZE)
+    mbarrier.wait(ready.index(0), 0)
+    a = _load_a(w_smem.index(0), a_l, BLOCK_N, BLOCK_K, num_warps)
+    if GROUPED:
+        a = _scaled(a, s_hi, s_lo)
+    # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
+    # registers while one is in flight, or ptxas serializes every wgmma (C7515)
+    acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
+    acc = warpgroup_mma(a, x_smem.index(0).permute((1, 0)), acc, use_acc=False, is_async=True)
+    acc, a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))  # returns at once: wgmma 0 stays in flight
+    _fetch(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+           BLOCK_K, STAGES)  # the one slot the prologue left free
+    for i in range(1, tiles_per_split):
+        s = i % STAGES
+        if GROUPED:  # issued before the wait: the load's latency hides behind it
+            s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        a_next = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps)  # while wgmma i - 1 runs
+        if GROUPED:
+            a_next = _scaled(a_next, s_hi, s_lo)
+        acc = warpgroup_mma(a_next, x_smem.index(s).permute((1, 0)), acc, is_async=True)
+        # wgmma i - 1 is done: its A registers may be reused, its slot takes tile i + STAGES - 1
+        acc, a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))
+        _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
+               nbytes, BLOCK_K, STAGES)
+        a = a_next
+    acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
+        _gdc_launch_dependents()
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    if SPLIT_K > 1:
+        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M,
+                                  SPLIT_K, mma)
+        if last:
+            _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr,
+                     off_m, off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+    else:
+        _store_t(_scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr,
+                 off_m, off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+
+
+@gluon.jit
+def _store_t(acc, out_ptr, off_m, off_n, M, N, stride_om, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+             num_warps: gl.constexpr):
+    """Store acc = out.T tile: through a layout with 8 consecutive n per thread and 8 threads along n, so each
+    output row gets 128-byte runs (the MMA layout would write 16-byte pieces of 4 rows per instruction)."""
+    st: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])
+    y = gl.convert_layout(acc.to(out_ptr.dtype.element_ty), st)
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, st))
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, st))
+    mask = (offs_n < N)[:, None] & (offs_m < M)[None, :]
+    gl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], y, mask=mask)
+
+
+def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
+             group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
+    m, k = x.shape
+    n = w_q.shape[0]
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
+    split_k = math.gcd(cfg["SPLIT_K"], k // bk)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
+    x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
+    _rs_kernel[(tiles, split_k)](
+        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
+        m, n, k, out.stride(0), stride_wsn, stride_wsg, (k // bk) // split_k,
+        GROUPED=grouped, GROUP_SIZE=group_size if grouped else 1, HAS_BIAS=bias is not None, SPLIT_K=split_k,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
+        **pdl.launch(x.device))
+    return out
