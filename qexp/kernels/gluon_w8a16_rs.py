@@ -7,7 +7,8 @@ in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
   - weight rows are the MMA's M and tokens its N (swap-AB): the accumulator is out.T, stored transposed;
   - each thread reads its A fragment of the int8 / fp8 tile straight from the TMA ring and converts it in
     registers (`gluon_skinny._to_bf16`; group scales by a bf16x2 FMA pair, `_scaled`);
-  - wgmma i runs while tile i + 1 is read and converted; the registers it reads stay live until it is waited on;
+  - wgmma i runs while tile i + 1 is read and converted; the registers it reads are not written again before
+    it is waited on (`_step`);
   - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`).
 Weights are read as the recipes store them (row-major, no re-packing).
 """
@@ -156,21 +157,23 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     acc, a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))  # returns at once: wgmma 0 stays in flight
     _fetch(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
            BLOCK_K, STAGES)  # the one slot the prologue left free
-    for i in range(1, tiles_per_split):
-        s = i % STAGES
-        if GROUPED:  # issued before the wait: the load's latency hides behind it
-            s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
-        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        a_next = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps)  # while wgmma i - 1 runs
-        if GROUPED:
-            a_next = _scaled(a_next, s_hi, s_lo)
-        acc = warpgroup_mma(a_next, x_smem.index(s).permute((1, 0)), acc, is_async=True)
-        # wgmma i - 1 is done: its A registers may be reused, its slot takes tile i + STAGES - 1
-        acc, a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))
-        _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
-               nbytes, BLOCK_K, STAGES)
-        a = a_next
-    acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+    # Unrolled by two: the registers wgmma i reads are written again only after a wait that covers it. (With one
+    # loop-carried fragment, each iteration rewrote the PTX registers the still-running wgmma i - 1 read: wrong
+    # results on the larger tiles.)
+    for i in range(1, tiles_per_split - 1, 2):
+        acc, a1 = _step(i, acc, a, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn, stride_wsg,
+                        off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N, BLOCK_K,
+                        STAGES, num_warps)
+        acc, a = _step(i + 1, acc, a1, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn,
+                       stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N,
+                       BLOCK_K, STAGES, num_warps)
+    if tiles_per_split % 2 == 0:  # one tile left
+        acc, a1 = _step(tiles_per_split - 1, acc, a, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn,
+                        stride_wsn, stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED,
+                        GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, num_warps)
+        acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
+    else:
+        acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
     if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
         _gdc_launch_dependents()
     for st in gl.static_range(STAGES):
@@ -186,6 +189,27 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     else:
         _store_t(_scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr,
                  off_m, off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+
+
+@gluon.jit
+def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn, stride_wsg, off_m,
+          off_n, kt_begin, tiles_per_split, a_l: gl.constexpr, nbytes: gl.constexpr, GROUPED: gl.constexpr,
+          GROUP_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+          num_warps: gl.constexpr):
+    """K step i >= 1: read and convert tile i while wgmma i - 1 (on a_prev) runs, issue wgmma i, wait for wgmma
+    i - 1 and refill its ring slot. Returns acc and tile i's fragment, which must stay live until the next wait."""
+    s = i % STAGES
+    if GROUPED:  # issued before the barrier wait: the load's latency hides behind it
+        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    a = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps)
+    if GROUPED:
+        a = _scaled(a, s_hi, s_lo)
+    acc = warpgroup_mma(a, x_smem.index(s).permute((1, 0)), acc, is_async=True)
+    acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
+    _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+           BLOCK_K, STAGES)
+    return acc, a
 
 
 @gluon.jit
