@@ -204,16 +204,19 @@ def _rs_candidates(b: int) -> list[dict]:
     if b == 128:
         return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
                 stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 64, split_k=2),
-                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3)]
+                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, split_k=2, stages=3),
+                _rs(64, 128, 128), _rs(64, 128, 128, split_k=2)]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
                 _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(256, 128, 64, warps=8),
-                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4)]
+                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4),
+                _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3)]
     if b >= 1024:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
                 _rs(128, 256, 64, warps=8, stages=3), _rs(128, 128, 64, warps=8, stages=3),
-                _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4)]
+                _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4), _rs(128, 128, 128, warps=8, stages=3),
+                _rs(128, 256, 128, warps=8, stages=2)]  # (K tiles of 128: half the per-step barriers and waits)
     return []
 
 
