@@ -111,13 +111,19 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-               PDL: gl.constexpr, num_warps: gl.constexpr):
+               PDL: gl.constexpr, num_warps: gl.constexpr, GROUP_M: gl.constexpr = 8):
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
-    pid_m = pid % num_pid_m  # the M tiles of one weight strip run side by side: its bytes come from HBM once
-    pid_n = pid // num_pid_m
+    # Programs walk GROUP_M token tiles x every weight strip, token tiles fastest: the M tiles of one strip run
+    # side by side (its bytes come from HBM once), and a prefill's x (16k tokens: 64 MB, more than L2) is read
+    # from HBM about once instead of once per strip
+    group = GROUP_M * num_pid_n
+    first_m = (pid // group) * GROUP_M
+    rows = gl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % rows
+    pid_n = (pid % group) // rows
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     kt_begin = pid_k * tiles_per_split
