@@ -79,6 +79,8 @@ def test_config_lookup_and_candidates():
         assert all(c.get("BLOCK_K", 0) <= 64 for c in configs.candidates("w8a16-fp8-group64", m)
                    if not configs.spans_groups(c))
         assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
+    # past twice the largest bucket weight-only dequantizes once and runs cuBLAS (no table, no GPU consulted)
+    assert configs.config_for("w8a16-fp8-group128", 2048, 2048, 16384, torch.device("cpu")) == {"backend": "dequant_mm"}
 
 
 def test_k_tiles_fit_k_and_the_scale_groups():
@@ -107,8 +109,8 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "dequant_mm", "scaled_mm",
-                                          "scaled_mm_fast")
+                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "dequant_mm",
+                                          "scaled_mm", "scaled_mm_fast")
                 if cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):

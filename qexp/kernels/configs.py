@@ -265,4 +265,9 @@ def device_name(index: int) -> str:
 
 
 def config_for(kind_: str, n: int, k: int, m: int, device: torch.device) -> dict:
+    if m > 2 * M_BUCKETS[-1] and kind_.startswith("w8a16"):
+        # past the largest tuned bucket (a prefill step of ~16k tokens) the one-pass dequantize costs ever less
+        # against the GEMM, and cuBLAS on bf16 beats every fused W8A16 kernel: engine prefill 0.97x bf16 with
+        # dequant_mm vs 0.90x with gluon_rs, the M=4096 winner (BENCHMARKS.md, 2026-11-25)
+        return {"backend": "dequant_mm"}
     return lookup(kind_, n, k, m_bucket(m), device_name(device.index or 0))
