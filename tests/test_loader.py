@@ -37,6 +37,7 @@ def test_tokenizer_from_local_dir(tokenizer_dir):
 
 def test_missing_weights_and_offline_errors_are_clear(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("QEXP_TOKENIZER", raising=False)  # set on the GPU machine: it would be used instead
     with pytest.raises(ModelLoadError, match="has a config but no weights; use --load-format dummy"):
         load_model(str(tiny_model_dir), "auto", "cpu")
     with pytest.raises(ModelLoadError, match="--load-format dummy"):
