@@ -49,33 +49,25 @@ K_WIDTH = gl.constexpr(8)  # consecutive K elements per thread in both operands:
 # int8: byte b as the low mantissa byte of bf16 0x43__ gives 128 + (b & 0x7f) minus 128 or 256 for the sign bit;
 # e4m3: sign to bit 15, exponent and mantissa to bits 4-10 (a bf16 with e4m3's exponent field, bias 127 instead
 # of 7, subnormals included), then times 2^120. (e4m3 NaN is not kept: quantized weights are finite.)
-_I8_TO_BF16 = gl.constexpr("""{
-.reg .b32 lo, hi;
-prmt.b32 lo, $2, 0x43, 0x4140;
-prmt.b32 hi, $2, 0x43, 0x4342;
-and.b32 $0, lo, 0xff7fff7f;
-and.b32 lo, lo, 0xff80ff80;
-sub.bf16x2 $0, $0, lo;
-and.b32 $1, hi, 0xff7fff7f;
-and.b32 hi, hi, 0xff80ff80;
-sub.bf16x2 $1, $1, hi;
-}""")
-_E4M3_TO_BF16 = gl.constexpr("""{
-.reg .b32 lo, hi, t, c;
-mov.b32 c, 0x7b807b80;
-prmt.b32 lo, $2, 0, 0x1404;
-prmt.b32 hi, $2, 0, 0x3424;
-shr.b32 t, lo, 4;
-and.b32 t, t, 0x07f007f0;
-and.b32 lo, lo, 0x80008000;
-or.b32 lo, lo, t;
-mul.rn.bf16x2 $0, lo, c;
-shr.b32 t, hi, 4;
-and.b32 t, t, 0x07f007f0;
-and.b32 hi, hi, 0x80008000;
-or.b32 hi, hi, t;
-mul.rn.bf16x2 $1, hi, c;
-}""")
+def bf16_asm(fp8: bool, n_out: int) -> str:
+    """The bit-trick PTX: bytes 0-1 of the last operand (${n_out}) -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2). Both
+    byte permutes come first, so an output may share a register with the input."""
+    regs = ("lo", "hi")[:n_out]
+    lines = [f".reg .b32 {', '.join(regs + (('t', 'c') if fp8 else ()))};"] + ["mov.b32 c, 0x7b807b80;"] * fp8
+    sels = ("0x1404", "0x3424") if fp8 else ("0x4140", "0x4342")
+    lines += [f"prmt.b32 {r}, ${n_out}, {'0' if fp8 else '0x43'}, {sel};" for r, sel in zip(regs, sels)]
+    for o, r in enumerate(regs):
+        if fp8:
+            lines += [f"shr.b32 t, {r}, 4;", "and.b32 t, t, 0x07f007f0;", f"and.b32 {r}, {r}, 0x80008000;",
+                      f"or.b32 {r}, {r}, t;", f"mul.rn.bf16x2 ${o}, {r}, c;"]
+        else:
+            lines += [f"and.b32 ${o}, {r}, 0xff7fff7f;", f"and.b32 {r}, {r}, 0xff80ff80;",
+                      f"sub.bf16x2 ${o}, ${o}, {r};"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_I8_TO_BF16 = gl.constexpr(bf16_asm(False, 2))
+_E4M3_TO_BF16 = gl.constexpr(bf16_asm(True, 2))
 
 
 @gluon.jit

@@ -27,7 +27,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from qexp.kernels import configs, pdl
-from qexp.kernels.gluon_skinny import _scale_bias_t
+from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
@@ -69,25 +69,10 @@ def _pair_layout(block_n, block_k, num_warps):
                                       shape=[block_n, block_k // 2])
 
 
-# One 16-bit byte pair (two K-adjacent weights) -> bf16x2, exact, by gluon_skinny's bit tricks (2 instructions
-# per element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them)
-_I8X2_TO_BF16X2 = gl.constexpr("""{
-.reg .b32 v, s;
-prmt.b32 v, $1, 0x43, 0x4140;
-and.b32 s, v, 0xff80ff80;
-and.b32 $0, v, 0xff7fff7f;
-sub.bf16x2 $0, $0, s;
-}""")
-_E4M3X2_TO_BF16X2 = gl.constexpr("""{
-.reg .b32 v, t, c;
-mov.b32 c, 0x7b807b80;
-prmt.b32 v, $1, 0, 0x1404;
-shr.b32 t, v, 4;
-and.b32 t, t, 0x07f007f0;
-and.b32 v, v, 0x80008000;
-or.b32 v, v, t;
-mul.rn.bf16x2 $0, v, c;
-}""")
+# One 16-bit byte pair (two K-adjacent weights) -> bf16x2, exact, by gluon_skinny's bit tricks (2 instructions per
+# element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them)
+_I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(False, 1))
+_E4M3X2_TO_BF16X2 = gl.constexpr(bf16_asm(True, 1))
 
 
 @gluon.jit
