@@ -21,25 +21,20 @@ then fetch their weights while this one runs), else after the main loop (`_early
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-from qexp.kernels import configs, pdl
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
     _gdc_wait,
+    plan,
     split_k_sum,
-    tma_descriptors,
 )
-from qexp.kernels.triton_common import scale_layout
-from qexp.kernels.triton_qmm_tma import split_k_buffers
 
 SUB_K = 64  # K of one independent MMA chain
 K_WIDTH = gl.constexpr(8)  # consecutive K elements per thread in both operands: 8-byte weight reads, 16-byte x reads
@@ -201,22 +196,9 @@ def supported(k: int, group_size: int | None) -> bool:
 def w8a16_skinny(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
                  group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q, K a multiple of 32). Returns bf16 (M, N)."""
-    m, k = x.shape
-    n = w_q.shape[0]
-    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
-    bm, bn, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_stages"]
-    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=True)
-    smem = stages * (bn * bk * w_q.element_size() + bm * bk * x.element_size())
-    split_k = math.gcd(cfg["SPLIT_K"], k // bk)
-    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
-    x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
-    _skinny_kernel[(tiles, split_k)](
-        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
-        m, n, k, out.stride(0), stride_wsn, stride_wsg, (k // bk) // split_k,
-        GROUPED=grouped, GROUP_SIZE=group_size if grouped else 1, HAS_BIAS=bias is not None, SPLIT_K=split_k,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SUB_K=min(SUB_K, bk, group_size or bk), STAGES=stages,
-        EARLY_TRIGGER=_early_trigger(x.device, tiles * split_k, smem), num_warps=cfg["num_warps"],
-        **pdl.launch(x.device))
-    return out
+    p = plan(x, w_q, w_scale, cfg, group_size, bias, span_groups=True)
+    smem = cfg["num_stages"] * p.bk * (cfg["BLOCK_N"] * w_q.element_size() + cfg["BLOCK_M"] * x.element_size())
+    _skinny_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1,
+                           SUB_K=min(SUB_K, p.bk, group_size or p.bk),
+                           EARLY_TRIGGER=_early_trigger(x.device, p.tiles * p.split_k, smem), **p.constexprs)
+    return p.out

@@ -11,6 +11,7 @@ fence -> barrier -> wgmma -> wait-for-wgmma in series, so the convert never over
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -215,22 +216,52 @@ def tma_descriptors(x: torch.Tensor, w_q: torch.Tensor, bm: int, bn: int, bk: in
     return desc(x, bm), desc(w_q, bn)
 
 
-def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
-                group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x bf16 (M, K) with 16-byte aligned rows; same scales contract as triton_qmm.qmm. Returns bf16 (M, N)."""
+@dataclass
+class Launch:
+    """What the Gluon W8A16 wrappers (gluon, skinny, gluon_rs) share: tile sizes fitted to K and the scale groups,
+    split-K, the output and split-K buffers, TMA descriptors, and the kernels' common leading arguments."""
+    m: int
+    n: int
+    k: int
+    grouped: bool
+    bk: int
+    split_k: int
+    tiles: int
+    out: torch.Tensor
+    args: tuple  # x_desc, w_desc, out, w_scale, bias, part, counts, M, N, K, stride_om, stride_wsn, stride_wsg
+    constexprs: dict  # GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, num_warps, PDL, launch_pdl
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.tiles, self.split_k
+
+    @property
+    def tiles_per_split(self) -> int:
+        return (self.k // self.bk) // self.split_k
+
+
+def plan(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, group_size: int | None,
+         bias: torch.Tensor | None, span_groups: bool = False) -> Launch:
     m, k = x.shape
     n = w_q.shape[0]
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
+    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=span_groups)
     split_k = math.gcd(cfg["SPLIT_K"], k // bk)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
     x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
-    _w8a16_kernel[(tiles, split_k)](
-        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
-        m, n, k, out.stride(0), stride_wsn, stride_wsg, group_size or k, (k // bk) // split_k,
-        GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], **pdl.launch(x.device))
-    return out
+    args = (x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
+            m, n, k, out.stride(0), stride_wsn, stride_wsg)
+    constexprs = dict(GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn,
+                      BLOCK_K=bk, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], **pdl.launch(x.device))
+    return Launch(m, n, k, grouped, bk, split_k, tiles, out, args, constexprs)
+
+
+def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
+                group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x bf16 (M, K) with 16-byte aligned rows; same scales contract as triton_qmm.qmm. Returns bf16 (M, N)."""
+    p = plan(x, w_q, w_scale, cfg, group_size, bias)
+    _w8a16_kernel[p.grid](*p.args, group_size or p.k, p.tiles_per_split, **p.constexprs)
+    return p.out

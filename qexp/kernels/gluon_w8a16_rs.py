@@ -6,15 +6,13 @@ barrier per K step. wgmma can take its A operand from registers instead (B must 
 in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
   - weight rows are the MMA's M and tokens its N (swap-AB): the accumulator is out.T, stored transposed;
   - each thread reads its A fragment of the int8 / fp8 tile straight from the TMA ring and converts it in
-    registers (`gluon_skinny._to_bf16`; group scales by a bf16x2 FMA pair, `_scaled`);
+    registers (`gluon_skinny.bf16_asm`; group scales by a bf16x2 FMA pair, `_scaled`);
   - wgmma i runs while tile i + 1 is read and converted; the registers it reads are not written again before
     it is waited on (`_step`);
   - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`).
 Weights are read as the recipes store them (row-major, no re-packing).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -26,17 +24,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels import configs, pdl
 from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
     _gdc_wait,
+    plan,
     split_k_sum,
-    tma_descriptors,
 )
-from qexp.kernels.triton_common import scale_layout
-from qexp.kernels.triton_qmm_tma import split_k_buffers
 
 # bf16(w * s) for a float32 group scale s = hi + lo (two bf16s): fma(w, hi, w * lo) rounds once, so it equals the
 # reference's bf16(float(w) * s) but where w * s lies within ~2^-17 of a rounding boundary
@@ -219,20 +214,6 @@ def _store_t(acc, out_ptr, off_m, off_n, M, N, stride_om, BLOCK_N: gl.constexpr,
 def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
-    m, k = x.shape
-    n = w_q.shape[0]
-    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size)
-    split_k = math.gcd(cfg["SPLIT_K"], k // bk)
-    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
-    x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
-    _rs_kernel[(tiles, split_k)](
-        x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
-        m, n, k, out.stride(0), stride_wsn, stride_wsg, (k // bk) // split_k,
-        GROUPED=grouped, GROUP_SIZE=group_size if grouped else 1, HAS_BIAS=bias is not None, SPLIT_K=split_k,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-        **pdl.launch(x.device))
-    return out
+    p = plan(x, w_q, w_scale, cfg, group_size, bias)
+    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, **p.constexprs)
+    return p.out
