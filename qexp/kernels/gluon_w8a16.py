@@ -72,24 +72,11 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
                                          warps_per_cta=[num_warps, 1], order=[1, 0])
     wb_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.bfloat16)
 
-    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     wb_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, BLOCK_K], wb_layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-
-    # prologue: the first STAGES - 1 tiles in flight; with PDL the weight tiles go before waiting for the previous
-    # kernel (x is its output, the weights are constant)
-    for t0 in gl.static_range(STAGES - 1):
-        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
-               STAGES, True, not PDL)
-    if PDL:
-        _gdc_wait()
-        for t0 in gl.static_range(STAGES - 1):
-            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
-                   BLOCK_K, STAGES, False, True)
+    prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
+             STAGES, PDL)
 
     offs_n_cvt = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, cvt))
     # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
@@ -164,6 +151,34 @@ def _step(i, acc, USE_ACC: gl.constexpr, x_desc, w_desc, x_smem, w_smem, wb_smem
     _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
            BLOCK_K, STAGES)
     return acc
+
+
+@gluon.jit
+def ring(x_desc, w_desc, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+         STAGES: gl.constexpr):
+    """Shared-memory ring of STAGES x and weight tiles, and each slot's 'ready' mbarrier (TMA completion)."""
+    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+    return x_smem, w_smem, ready
+
+
+@gluon.jit
+def prologue(TILES: gl.constexpr, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
+             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr):
+    """TMA of K tiles 0 .. TILES - 1. With PDL the weight tiles go before waiting for the previous kernel (x is its
+    output, the weights are constant)."""
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    for t0 in gl.static_range(TILES):
+        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
+               STAGES, True, not PDL)
+    if PDL:
+        _gdc_wait()
+        for t0 in gl.static_range(TILES):
+            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+                   BLOCK_K, STAGES, False, True)
 
 
 @gluon.jit

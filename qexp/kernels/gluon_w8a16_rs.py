@@ -28,8 +28,9 @@ from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
-    _gdc_wait,
     plan,
+    prologue,
+    ring,
     split_k_sum,
 )
 
@@ -112,22 +113,10 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
 
-    x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-    w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
+    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-
-    # prologue: STAGES - 1 tiles in flight; with PDL the weight tiles go before waiting for the previous kernel
-    for t0 in gl.static_range(STAGES - 1):
-        _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
-               STAGES, True, not PDL)
-    if PDL:
-        _gdc_wait()  # x is the previous kernel's output
-        for t0 in gl.static_range(STAGES - 1):
-            _fetch(t0, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
-                   BLOCK_K, STAGES, False, True)
+    prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
+             STAGES, PDL)
 
     offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))) % N
     if GROUPED:
