@@ -144,6 +144,17 @@ def _ragged_case(m, dtype, gran, gs, seed, act=None):
     return q, s, x, bias, reference.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias)
 
 
+def _assert_matches(cfg, case, gs, act=None, calls=2):
+    """`cfg` on a _ragged_case equals the reference; called `calls` times (the split-K arrival counters must be
+    reset by each call), each after freed memory was poisoned to read as NaN."""
+    from qexp.kernels import fused
+    q, s, x, bias, ref = case
+    for _ in range(calls):
+        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+        out = fused.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
+        assert _rel(out, ref) < TOL
+
+
 def _rel(out, ref):
     assert torch.isfinite(out).all(), "unwritten (poisoned) or non-finite outputs"
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -211,12 +222,10 @@ def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
 @pytest.mark.parametrize("m", [5, 70, 300])
 def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
     """TMA-fed GEMM: M and N not multiples of the tile (the copy engine zero-fills), offset x view, bias, split-K."""
-    from qexp.kernels import fused, triton_qmm_tma
-    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 13, act)
-    assert triton_qmm_tma.supported(x, q)
-    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-    out = fused.quantized_linear(x, q, s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
-    assert _rel(out, ref) < TOL
+    from qexp.kernels import triton_qmm_tma
+    case = _ragged_case(m, dtype, gran, gs, m + 13, act)
+    assert triton_qmm_tma.supported(case[2], case[0])
+    _assert_matches(cfg, case, gs, act, calls=1)
 
 
 @pytest.mark.gpu
@@ -235,12 +244,7 @@ def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
 def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     """Hand-pipelined Gluon GEMM: ragged M and N, offset x view, bias, split-K; called twice so the split-K
     arrival counters are seen reset."""
-    from qexp.kernels import fused
-    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 29)
-    for _ in range(2):
-        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
-        assert _rel(out, ref) < TOL
+    _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 29), gs)
 
 
 @pytest.mark.gpu
@@ -255,13 +259,9 @@ def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     """mma.sync kernel with in-register conversion: every weight format (the int8 / e4m3 -> bf16 bit tricks cover
     all 256 byte values of a random weight), K tiles spanning groups, ragged M and N, offset x view, bias, split-K;
     called twice so the split-K arrival counters are seen reset."""
-    from qexp.kernels import fused, gluon_skinny
-    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 31)
-    assert gluon_skinny.supported(q.shape[1], gs)
-    for _ in range(2):
-        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
-        assert _rel(out, ref) < TOL
+    from qexp.kernels import gluon_skinny
+    assert gluon_skinny.supported(2048, gs)  # _ragged_case's K
+    _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 31), gs)
 
 
 @pytest.mark.gpu
@@ -295,12 +295,7 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
 def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     """Register-operand wgmma kernel: every weight format (a random weight covers all byte values), ragged M and N,
     offset x view, bias, split-K, several M tiles; called twice so the split-K arrival counters are seen reset."""
-    from qexp.kernels import fused
-    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 57)
-    for _ in range(2):
-        torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-        out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
-        assert _rel(out, ref) < TOL
+    _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 57), gs)
 
 
 @pytest.mark.gpu
