@@ -96,14 +96,10 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-    if SPLIT_K > 1:
-        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_M, BLOCK_N,
-                                  SPLIT_K, mma)
-        if last:
-            _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED,
-                      HAS_BIAS)
-    else:
-        _epilogue(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_M, BLOCK_N, SPLIT_K,
+                              mma)
+    if last:
+        _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
 
 
 @gluon.jit
@@ -111,7 +107,10 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
                 SPLIT_K: gl.constexpr, layout: gl.constexpr):
     """In-launch split-K reduction of output tile `pid` (R x C, fp32 in `layout`): store this split's partial;
     the split that arrives last sums all partials in split order (deterministic) and re-arms the tile's arrival
-    counter. Returns (last, total); total is the sum only where last."""
+    counter. Returns (last, total); total is the sum only where last. With SPLIT_K == 1: (True, acc), no memory
+    traffic, so a kernel ends the same way with or without split-K."""
+    if SPLIT_K == 1:
+        return True, acc
     tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
         gl.arange(0, C, layout=gl.SliceLayout(0, layout))[None, :]
     split_stride = (num_tiles * R * C).to(gl.int64)

@@ -155,15 +155,11 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         mbarrier.invalidate(ready.index(st))
 
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    if SPLIT_K > 1:
-        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M,
-                                  SPLIT_K, mma)
-        if last:
-            _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr,
-                     off_m, off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
-    else:
-        _store_t(_scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr,
-                 off_m, off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
+                              mma)
+    if last:
+        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
+                 off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
 
 
 @gluon.jit
