@@ -62,6 +62,18 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
+def kernel_tables(device: str) -> str:
+    """Which tuned tables pick the fused kernels' configs on this device: on a GPU without its own table they
+    come from another GPU's tuning (same compute capability), and a run should say so."""
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return "n/a (cpu: reference kernels)"
+    from qexp.kernels import configs
+
+    return configs.tables_in_use(torch.device(device).index or 0)
+
+
 def log_run_context(cfg: RunConfig, device: str) -> None:
     """Params, hashes, versions, device and seeds every run carries."""
     params = {k: _param_str(v) for k, v in cfg.to_dict().items()}
@@ -76,6 +88,7 @@ def log_run_context(cfg: RunConfig, device: str) -> None:
         "qexp.git_commit": git_commit(),
         "qexp.device": device,
         "qexp.device_name": device_name(device),
+        "qexp.kernel_tables": kernel_tables(device),
         **{f"qexp.version.{k}": v for k, v in library_versions().items()},
     })
     mlflow.log_dict(cfg.to_dict(), "config.json")

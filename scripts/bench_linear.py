@@ -127,13 +127,15 @@ def main():
     rs = [r for r in recipes() if args.recipes is None or r["name"] in args.recipes.split(",")]
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name()
+    cap = configs.device_capability(0)
 
+    # the table this run writes holds only cells tuned on this GPU; the others keep falling back (configs.table_paths)
     tuned = json.loads(configs.tuned_path(name).read_text())["configs"] if configs.tuned_path(name).is_file() else {}
 
     def plan_cfgs(r, k, n, m):
-        """Candidates when tuning (tensor-wise reuses the row-wise winner: same kernel), else the tuned choice."""
+        """Candidates when tuning (tensor-wise reuses the row-wise winner: same kernel), else the current choice."""
         kk = configs.key(kind_of(r), n, k, m)
-        current = [tuned.get(kk) or configs.heuristic(kind_of(r), n, k, configs.m_bucket(m))]
+        current = [tuned.get(kk) or configs.lookup(kind_of(r), n, k, configs.m_bucket(m), name, cap)]
         if args.tune and r["gran"] != "tensor":
             cands = configs.candidates(kind_of(r), m)
             if args.backend:
@@ -199,11 +201,13 @@ def save(args, name: str, tuned: dict, results: list[dict]) -> None:
     if args.tune:
         configs.TUNED_DIR.mkdir(exist_ok=True)
         configs.tuned_path(name).write_text(json.dumps(
-            {"device": name, "torch": torch.__version__, "triton": _triton_version(), "configs": tuned},
+            {"device": name, "capability": list(configs.device_capability(0)), "torch": torch.__version__,
+             "triton": _triton_version(), "configs": tuned},
             indent=1, sort_keys=True))
     meta = {"device": name, "torch": torch.__version__, "triton": _triton_version(), "cuda": torch.version.cuda,
             "method": "CUDA-graph replay of n calls on n weight copies (> L2), median of 10, us per call",
-            "pdl": pdl.enabled(torch.device("cuda"))}  # programmatic dependent launch (QEXP_PDL=0: off)
+            "pdl": pdl.enabled(torch.device("cuda")),  # programmatic dependent launch (QEXP_PDL=0: off)
+            "tables": configs.tables_in_use(0)}  # where the untuned cells' configs came from
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({**meta, "results": results}, indent=1))
 

@@ -119,6 +119,48 @@ def test_tuned_table_is_complete_and_used():
                     assert kd == "w8a8-fp8"
 
 
+def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, monkeypatch):
+    """Own table first, cell by cell; then tables of GPUs with the same compute capability (by file name); never
+    one of another capability; the heuristic last. QEXP_KERNEL_TABLE alone replaces the whole chain."""
+    import json
+    def write(name, cap, cells):
+        (tmp_path / f"{configs._slug(name)}.json").write_text(json.dumps({"device": name, "capability": cap,
+                                                                          "configs": cells}))
+    a, b, c, d = ({"backend": "gemv", "BLOCK_N": i, "BLOCK_M": 1, "BLOCK_K": 256, "SPLIT_K": 1, "num_warps": 4,
+                   "num_stages": 3} for i in (1, 2, 4, 8))
+    k1, k2, k3 = "w8a16-int8-row|1024|2048|1", "w8a16-int8-row|2048|2048|1", "w8a16-int8-row|4096|2048|1"
+    write("GPU Own", [9, 0], {k1: a})
+    write("GPU Aa", [9, 0], {k1: b, k2: b})
+    write("GPU Bb", [9, 0], {k2: c, k3: c})
+    write("GPU Old", [8, 0], {k3: d})
+    monkeypatch.setattr(configs, "TUNED_DIR", tmp_path)
+    monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
+    for f in (configs.table_paths, configs.lookup):
+        f.cache_clear()
+    assert [p.name for p in configs.table_paths("GPU Own", (9, 0))] == ["gpu-own.json", "gpu-aa.json", "gpu-bb.json"]
+    assert configs.lookup("w8a16-int8-row", 1024, 2048, 1, "GPU Own", (9, 0)) == a
+    assert configs.lookup("w8a16-int8-row", 2048, 2048, 1, "GPU Own", (9, 0)) == b
+    assert configs.lookup("w8a16-int8-row", 4096, 2048, 1, "GPU Own", (9, 0)) == c
+    assert [p.name for p in configs.table_paths("GPU New", (8, 0))] == ["gpu-old.json"]
+    assert configs.lookup("w8a16-int8-row", 1024, 2048, 1, "GPU New", (8, 0)) == configs.heuristic(
+        "w8a16-int8-row", 1024, 2048, 1)
+    assert configs.table_paths("GPU New", (12, 0)) == ()
+    monkeypatch.setenv("QEXP_KERNEL_TABLE", str(tmp_path / "gpu-bb.json"))
+    configs.table_paths.cache_clear()
+    assert [p.name for p in configs.table_paths("GPU Own", (9, 0))] == ["gpu-bb.json"]
+    for f in (configs.table_paths, configs.lookup):
+        f.cache_clear()
+
+
+def test_shipped_tables_name_their_capability():
+    import json
+    paths = sorted(configs.TUNED_DIR.glob("*.json"))
+    assert paths
+    for p in paths:
+        t = json.loads(p.read_text())
+        assert len(t["capability"]) == 2 and t["device"] and t["configs"], p.name
+
+
 # ---------------------------------------------------------------- fused kernels (GPU)
 
 RECIPES = [("int8", "tensor", None), ("int8", "row", None), ("int8", "group", 64), ("int8", "group", 128),

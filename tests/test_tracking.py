@@ -37,6 +37,7 @@ def test_cli_run_logs_params_metrics_tags_and_config(store):
     for lib in ("torch", "torchao", "transformers", "triton", "mlflow", "lm_eval"):
         assert f"qexp.version.{lib}" in t
     assert t["qexp.device_name"].startswith("cpu") and t["qexp.git_commit"]
+    assert t["qexp.kernel_tables"].startswith("n/a")
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.json")
     assert json.load(open(local))["matmul_shape"] == [4, 8, 16]
 

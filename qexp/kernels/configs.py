@@ -1,7 +1,9 @@
 """Kernel choice per (recipe kind, N, K, M bucket): tuned table for this GPU if there is one, else a heuristic.
 
 The table is written offline by `scripts/bench_linear.py --tune` (qexp/kernels/tuned/<gpu>.json) and read once,
-so start-up compiles only the kernels a model actually uses, with no autotuning at load time.
+so start-up compiles only the kernels a model actually uses, with no autotuning at load time. A cell this GPU's
+table lacks (or a GPU with no table) takes the table of another GPU of the same compute capability, then the
+heuristic (`table_paths`).
 A config is a dict: backend (see qexp.kernels.fused) and, for the Triton ones, tile sizes.
 """
 from __future__ import annotations
@@ -249,19 +251,48 @@ def tuned_path(device_name: str) -> Path:
 
 
 @functools.cache
-def _table(device_name: str) -> dict:
-    p = tuned_path(device_name)
-    return json.loads(p.read_text())["configs"] if p.is_file() else {}
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 @functools.cache
-def lookup(kind_: str, n: int, k: int, m_b: int, device_name: str) -> dict:
-    return _table(device_name).get(f"{kind_}|{n}|{k}|{m_b}") or heuristic(kind_, n, k, m_b)
+def table_paths(device_name: str, capability: tuple[int, int] | None = None) -> tuple[Path, ...]:
+    """The tables consulted for this GPU, in order: its own (or QEXP_KERNEL_TABLE alone), then, with its compute
+    capability known, those tuned on other GPUs of the same capability (same SMs and shared memory: an H100's
+    table is far closer to an H200's best choices than the heuristic), by file name."""
+    own = tuned_path(device_name)
+    paths = [own] if own.is_file() else []
+    if capability is None or os.environ.get("QEXP_KERNEL_TABLE"):
+        return tuple(paths)
+    paths += [p for p in sorted(TUNED_DIR.glob("*.json"))
+              if p != own and tuple(_read(p).get("capability", ())) == tuple(capability)]
+    return tuple(paths)
+
+
+@functools.cache
+def lookup(kind_: str, n: int, k: int, m_b: int, device_name: str,
+           capability: tuple[int, int] | None = None) -> dict:
+    key_ = f"{kind_}|{n}|{k}|{m_b}"
+    for p in table_paths(device_name, capability):
+        if key_ in (cfgs := _read(p)["configs"]):
+            return cfgs[key_]
+    return heuristic(kind_, n, k, m_b)
 
 
 @functools.cache
 def device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
+
+
+@functools.cache
+def device_capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def tables_in_use(index: int = 0) -> str:
+    """File names of the tables this GPU's kernels are chosen from, for run metadata ('none': heuristic only)."""
+    paths = table_paths(device_name(index), device_capability(index))
+    return ",".join(p.name for p in paths) or "none"
 
 
 def config_for(kind_: str, n: int, k: int, m: int, device: torch.device) -> dict:
@@ -270,4 +301,5 @@ def config_for(kind_: str, n: int, k: int, m: int, device: torch.device) -> dict
         # against the GEMM, and cuBLAS on bf16 beats every fused W8A16 kernel: engine prefill 0.97x bf16 with
         # dequant_mm vs 0.90x with gluon_rs, the M=4096 winner (BENCHMARKS.md, 2026-11-25)
         return {"backend": "dequant_mm"}
-    return lookup(kind_, n, k, m_bucket(m), device_name(device.index or 0))
+    i = device.index or 0
+    return lookup(kind_, n, k, m_bucket(m), device_name(i), device_capability(i))
