@@ -293,7 +293,8 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 @pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 256), configs._skinny(64, 16, 128, split_k=4),
                                  configs._skinny(32, 16, 512, warps=2, stages=3),
                                  configs._skinny(128, 16, 256, warps=8, split_k=2),
-                                 configs._skinny(64, 64, 64, split_k=2, stages=6), configs._skinny(128, 64, 64)],
+                                 configs._skinny(64, 64, 64, split_k=2, stages=6), configs._skinny(128, 64, 64),
+                                 configs._skinny(64, 8, 256, split_k=2), configs._skinny(32, 8, 512, warps=2)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [1, 5, 70])
@@ -342,7 +343,10 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs._gemv(4, 1, 1024), configs._gemv(8, 1, 512, split_k=2),
-                                 configs._gemv(16, 1, 512, warps=8)], ids=lambda c: "-".join(map(str, c.values())))
+                                 configs._gemv(16, 1, 512, warps=8), configs._gemv(8, 1, 256, prefetch=2),
+                                 configs._gemv(4, 1, 1024, split_k=2, prefetch=2),  # one tile per split
+                                 configs._gemv(8, 1, 512, split_k=2, prefetch=2)],
+                         ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [r for r in RECIPES if r[1] == "group"] + [("int8", "row", None)])
 def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
     """The one-row GEMV's K tile holds several scale groups (one scale per row and group)."""
@@ -470,7 +474,8 @@ def test_cuda_graph_capture_replays_with_new_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs._gemv(16, 1, 256), configs._gemv(8, 1, 512, split_k=2),
-                                 configs._gemv(16, 4, 128)], ids=lambda c: "-".join(map(str, c.values())))
+                                 configs._gemv(16, 4, 128), configs._gemv(8, 1, 256, prefetch=2)],
+                         ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("act", ["int8", "fp8"])
 @pytest.mark.parametrize("m", [1, 3, 16])
 def test_gemv_with_fused_activation_quant(cfg, act, m):

@@ -68,10 +68,11 @@ def _rs(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
-def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3) -> dict:
-    """CUDA-core GEMV config (weight-only, small M)."""
-    return {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-            "num_warps": warps, "num_stages": stages}
+def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
+    """CUDA-core GEMV config (weight-only, small M); prefetch: weight tiles loaded ahead of the one in use."""
+    cfg = {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+           "num_warps": warps, "num_stages": stages}
+    return {**cfg, "PREFETCH": prefetch} if prefetch > 1 else cfg
 
 
 def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, span_groups: bool = False) -> int:
@@ -118,6 +119,10 @@ def candidates(kind_: str, m: int) -> list[dict]:
     if b == 1:
         out = [_triton(32, 16, 256), _gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(4, 1, 1024),
                _gemv(8, 1, 256, split_k=4), _gemv(8, 1, 512, warps=2), _gemv(16, 1, 512, warps=8)]
+        # more weight bytes in flight per program (an H200 streams 1.4x an H100's bytes at the same latency)
+        out += [_gemv(16, 1, 1024, warps=8), _gemv(32, 1, 512, warps=8), _gemv(8, 1, 1024),
+                _gemv(16, 1, 256, prefetch=2), _gemv(8, 1, 512, prefetch=2), _gemv(4, 1, 1024, prefetch=2),
+                _gemv(8, 1, 512, warps=2, prefetch=2), _gemv(16, 1, 512, warps=8, prefetch=2)]
     elif b == 16:
         out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(32, 16, 256, split_k=2),
                _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
@@ -183,14 +188,22 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
 
 
 def _skinny_candidates(b: int) -> list[dict]:
-    """Few weight rows per program and split-K, so that even N = 1024 spreads over every SM. (At M=1 the GEMV won
-    every cell against it in the 2026-11-25 tune.)"""
+    """Few weight rows per program and split-K, so that even N = 1024 spreads over every SM. At M=1 the TMA ring
+    keeps weight bytes in flight without holding them in registers (8-token tiles: the MMA's smallest N)."""
+    if b == 1:
+        return [_skinny(64, 8, 256), _skinny(64, 8, 512, stages=3), _skinny(64, 16, 256),
+                _skinny(64, 8, 256, split_k=2), _skinny(32, 8, 512, warps=2), _skinny(128, 8, 256, warps=8),
+                _skinny(64, 8, 128, split_k=4, stages=6), _skinny(32, 8, 256, warps=2, split_k=2, stages=6)]
     if b == 16:
         return [_skinny(64, 16, 256), _skinny(64, 16, 128), _skinny(64, 16, 256, split_k=2),
                 _skinny(64, 16, 128, split_k=4), _skinny(64, 16, 256, split_k=4), _skinny(128, 16, 128, warps=8),
                 _skinny(128, 16, 256, warps=8, split_k=2), _skinny(64, 16, 128, split_k=8, stages=3),
                 _skinny(32, 16, 256, warps=2, split_k=2), _skinny(32, 16, 256, warps=2, split_k=4),
-                _skinny(32, 16, 512, warps=2, stages=3), _skinny(64, 16, 512, split_k=2, stages=3)]
+                _skinny(32, 16, 512, warps=2, stages=3), _skinny(64, 16, 512, split_k=2, stages=3),
+                # deeper rings (more bytes in flight for an H200)
+                _skinny(64, 16, 256, stages=6), _skinny(64, 16, 128, split_k=2, stages=8),
+                _skinny(32, 16, 256, warps=2, split_k=2, stages=6), _skinny(128, 16, 128, warps=8, split_k=2,
+                                                                            stages=6)]
     if b == 64:  # (128- and 256-row tiles, 32 rows per warp, were tried at M=64 and M=128: no cell won)
         return [_skinny(64, 64, 64, stages=6), _skinny(64, 64, 64, split_k=2, stages=6),
                 _skinny(64, 32, 128), _skinny(64, 32, 128, split_k=2), _skinny(128, 64, 64, warps=8, split_k=2)]

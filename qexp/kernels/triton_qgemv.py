@@ -4,9 +4,10 @@ Each program streams a BLOCK_N x K strip of the 8-bit weight with wide loads, co
 multiplies by BLOCK_M activation rows; the M tiles that share one strip run side by side, so the strip comes
 from HBM once and from L2 after.
 BLOCK_M == 1 keeps a (BLOCK_N, BLOCK_K) partial-sum tile, reduced once at the end, and loads the next weight tile
-before converting the current one. Group-wise scales: the tile is (BLOCK_N, groups, GROUP_TILE), one scale per
-(row, group) broadcast in registers, so a K tile may span many groups (64-wide groups no longer mean 64-wide
-loads). With PDL the first weight tile is requested before waiting for the previous kernel (weights are constant).
+(PREFETCH = 2: the next two) before converting the current one. Group-wise scales: the tile is (BLOCK_N, groups,
+GROUP_TILE), one scale per (row, group) broadcast in registers, so a K tile may span many groups (64-wide groups
+no longer mean 64-wide loads). With PDL the first weight tile is requested before waiting for the previous kernel
+(weights are constant).
 BLOCK_M > 1 reduces each K tile; its K tile stays inside one group.
 W8A8 (A8): the per-token activation quantization is fused in: a first pass over the program's x rows finds the
 scale, the main loop quantizes x tiles on the fly (the values act_quant would store), so decode pays one launch
@@ -38,7 +39,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
                  GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_TILE: tl.constexpr,
                  A8: tl.constexpr, ACT_FP8: tl.constexpr, HAS_PRE: tl.constexpr, QMAX: tl.constexpr,
-                 QMAX_INV: tl.constexpr, PDL: tl.constexpr):
+                 QMAX_INV: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = 1):
     if PDL:
         gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
     pid = tl.program_id(0)
@@ -58,6 +59,8 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
         w_ptrs = w_ptr + offs_n_ld[:, None, None] * stride_wn + (k_begin + k_in)[None, :, :]
         x_ptrs = x_ptr + pid_m * stride_xm + k_begin + k_in
         w = tl.load(w_ptrs)
+        if PREFETCH == 2:
+            w1 = tl.load(w_ptrs + BLOCK_K, mask=tiles_per_split > 1)
     if PDL:
         gdc_wait()  # x is the previous kernel's output
     if A8:  # first pass over the whole rows (L2-resident at decode sizes): per-token scale, as act_quant computes it
@@ -75,7 +78,11 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
         for i in range(tiles_per_split):
             k0 = k_begin + i * BLOCK_K
             x = tl.load(x_ptrs)
-            w_next = tl.load(w_ptrs + BLOCK_K, mask=i + 1 < tiles_per_split)  # in flight during this tile
+            if PREFETCH == 2:  # two tiles in flight during this one: more bytes in flight per program
+                w_next = w1
+                w1 = tl.load(w_ptrs + 2 * BLOCK_K, mask=i + 2 < tiles_per_split)
+            else:
+                w_next = tl.load(w_ptrs + BLOCK_K, mask=i + 1 < tiles_per_split)  # in flight during this tile
             wf = to_float(w)
             xf = x.to(tl.float32)
             if A8:

@@ -129,7 +129,7 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
             GROUP_TILE=min(group_size, block_k) if grouped else block_k,
             A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
-            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)),
+            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), PREFETCH=cfg.get("PREFETCH", 1),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     else:
         _qmm_kernel[grid](
