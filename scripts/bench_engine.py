@@ -202,6 +202,8 @@ def main() -> None:
             result["engine"][key] = res
             del llm
             torch.cuda.empty_cache()
+            with open(args.out, "w") as f:  # after every engine: a run cut short keeps what it measured
+                json.dump(result, f, indent=2)
         del model
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
