@@ -155,11 +155,12 @@ def main() -> None:
     import transformers
     import triton
 
-    from qexp.kernels import pdl
+    from qexp.kernels import configs, pdl
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "transformers": transformers.__version__, "torchao": torchao.__version__,
               "python": platform.python_version(), "config": vars(args), "engine": {}, "hf_eager": None,
-              "pdl": pdl.enabled(torch.device("cuda"))}  # programmatic dependent launch (QEXP_PDL=0: off)
+              "pdl": pdl.enabled(torch.device("cuda")),  # programmatic dependent launch (QEXP_PDL=0: off)
+              "tables": configs.tables_in_use(0)}  # the tuned kernel tables the quantized linears chose from
     args.sections = args.sections.split(",")
     args.batched_tokens = [int(x) for x in args.batched_tokens.split(",")]
     for recipe in args.recipes.split(","):
