@@ -146,6 +146,8 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--merge", default="on", choices=["on", "off", "both"],
                     help="merged q/k/v and gate/up GEMMs (both: also time separate linears, key '<recipe>-unmerged')")
+    ap.add_argument("--run-ahead", default="off", choices=["off", "on", "both"],
+                    help="LLM(run_ahead=...): decode steps launched before the host reads the previous tokens")
     ap.add_argument("--sections", default="prefill,decode", help="prefill and/or decode (decode includes batch-1)")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
     ap.add_argument("--out", default="benchmarks/engine.json")
@@ -183,18 +185,21 @@ def main() -> None:
         elif not args.skip_hf:
             result["hf_eager"] = bench_hf(model, args)
         merges = {"on": [True], "off": [False], "both": [False, True]}[args.merge]
-        for bt, merge in [(bt, m) for bt in args.batched_tokens for m in merges]:
-            key = (recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}") + ("" if merge else "-unmerged")
+        aheads = {"on": [True], "off": [False], "both": [False, True]}[args.run_ahead]
+        for bt, merge, ahead in [(bt, m, a) for bt in args.batched_tokens for m in merges for a in aheads]:
+            key = ((recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}") + ("" if merge else "-unmerged")
+                   + ("+run-ahead" if ahead else ""))
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             llm = None
             try:
                 llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=bt,
-                          merge_projections=merge)
+                          merge_projections=merge, run_ahead=ahead)
                 init_s = time.perf_counter() - t0
                 res = bench_engine(llm, args, key) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks,
-                                                      "max_num_batched_tokens": bt, "merged": merge}
+                                                      "max_num_batched_tokens": bt, "merged": merge,
+                                                      "run_ahead": ahead, "steps_run_ahead": llm.num_steps_run_ahead}
                 if args.profile and recipe == "bf16":
                     profile(llm, args.profile)
             except Exception as e:  # noqa: BLE001

@@ -57,21 +57,69 @@ def hf_greedy32(model_fp32, prompts):
     return [_hf_greedy(model_fp32, p, 32) for p in prompts]
 
 
-def test_greedy_batched_matches_hf_generate(model_fp32, prompts, hf_greedy32):
+RUN_AHEAD = pytest.mark.parametrize("run_ahead", [False, True], ids=["sync", "run-ahead"])
+
+
+def _ran_ahead(llm, run_ahead):
+    """The run-ahead variant of a test must have launched steps ahead, the plain one none."""
+    return (llm.num_steps_run_ahead > 0) == run_ahead
+
+
+@RUN_AHEAD
+def test_greedy_batched_matches_hf_generate(model_fp32, prompts, hf_greedy32, run_ahead):
     # block size 8 < every prompt but one: prompts span several paged blocks; all four decode together
-    out = _engine(model_fp32).generate(prompts, SamplingParams(max_tokens=32, ignore_eos=True))
+    llm = _engine(model_fp32, run_ahead=run_ahead)
+    out = llm.generate(prompts, SamplingParams(max_tokens=32, ignore_eos=True))
     assert out == hf_greedy32
     assert all(len(set(o)) > 8 for o in out)  # varied tokens, not one repeated id
+    assert _ran_ahead(llm, run_ahead)
 
 
-def test_preemption_and_small_batches_keep_outputs(model_fp32, prompts, hf_greedy32):
+@RUN_AHEAD
+def test_requests_of_different_lengths_finish_on_time(model_fp32, prompts, hf_greedy32, run_ahead):
+    # each request ends by max_tokens at its own step: the batch shrinks while it decodes
+    llm = _engine(model_fp32, run_ahead=run_ahead)
+    lens = [32, 3, 17, 9]
+    out = llm.generate(prompts, [SamplingParams(max_tokens=n, ignore_eos=True) for n in lens])
+    assert out == [h[:n] for h, n in zip(hf_greedy32, lens)]
+    assert _ran_ahead(llm, run_ahead) and llm.block_manager.num_free_blocks == llm.num_kvcache_blocks
+
+
+def test_run_ahead_only_where_the_next_step_is_known():
+    from qexp.engine.block_manager import BlockManager
+    from qexp.engine.scheduler import Scheduler
+    from qexp.engine.sequence import Sequence
+    bm = BlockManager(num_blocks=4, block_size=4)
+    sch = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=16, eos_token_ids={7})
+    a, b = Sequence([1, 2, 3], SamplingParams(max_tokens=5), 4), Sequence([4, 5, 6, 8], SamplingParams(max_tokens=2), 4)
+    for s in (a, b):
+        sch.add(s)
+    assert sch.schedule() == ([a, b], True)
+    sch.postprocess([a, b], [9, 9])  # a: 4 tokens (1 block), b: 5 tokens (2 blocks once scheduled)
+    assert sch.schedule() == ([a, b], False) and bm.num_free_blocks == 1
+    assert not sch.can_run_ahead([a, b])  # b's next token is its last (max_tokens=2): it ends by length
+    b.params.max_tokens = 9
+    assert sch.can_run_ahead([a, b])  # a's 5th token takes the one free block
+    other = Sequence([1], SamplingParams(), 4)
+    bm.allocate(other, 0)  # someone else takes it
+    assert not sch.can_run_ahead([a, b])
+    bm.deallocate(other)
+    assert sch.can_run_ahead([a, b])
+    assert not sch.can_run_ahead([a])  # b runs too but is not in the batch
+    sch.add(Sequence([1], SamplingParams(), 4))
+    assert not sch.can_run_ahead([a, b])  # a waiting request: the next step is its prefill
+
+
+@RUN_AHEAD
+def test_preemption_and_small_batches_keep_outputs(model_fp32, prompts, hf_greedy32, run_ahead):
     # 17 blocks of 4 tokens (68 positions); three running sequences need up to 17 blocks each: decode must preempt
     llm = _engine(model_fp32, block_size=4, num_kvcache_blocks=17, max_num_seqs=3, max_model_len=68,
-                  max_num_batched_tokens=68)
+                  max_num_batched_tokens=68, run_ahead=run_ahead)
     out = llm.generate(prompts, SamplingParams(max_tokens=32, ignore_eos=True))
     assert llm.scheduler.num_preemptions > 0
     assert out == hf_greedy32
     assert llm.block_manager.num_free_blocks == 17  # every block returned
+    assert _ran_ahead(llm, run_ahead)
 
 
 def test_prefill_and_decode_logits_match_hf_forward(model_bf16, prompts):
@@ -131,18 +179,26 @@ def test_sampling_seeded_and_top_p(model_fp32, prompts, hf_greedy32):
     hot = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True, seed=7)
     a, b = llm.generate(prompts, hot), llm.generate(prompts, hot)
     assert a == b and a != [h[:12] for h in hf_greedy32]
+    ahead = _engine(model_fp32, run_ahead=True)  # the sampler draws in the same order when steps run ahead
+    assert ahead.generate(prompts, hot) == a and ahead.num_steps_run_ahead > 0
     # a nucleus this small keeps only the top token: sampling collapses to greedy
     tiny_p = SamplingParams(temperature=1.0, top_p=1e-6, max_tokens=12, ignore_eos=True, seed=3)
     assert llm.generate(prompts, tiny_p) == [h[:12] for h in hf_greedy32]
 
 
-def test_eos_stops_generation(model_fp32, prompts, hf_greedy32):
-    llm = _engine(model_fp32)
+@RUN_AHEAD
+def test_eos_stops_generation(model_fp32, prompts, hf_greedy32, run_ahead):
+    llm = _engine(model_fp32, run_ahead=run_ahead)
     assert llm.scheduler.eos_token_ids == {151645}  # the tiny config's eos_token_id
     eos = hf_greedy32[1][4]
     llm.scheduler.eos_token_ids = {eos, -5}  # pretend the 5th greedy token of prompt 1 is an EOS id
     out = llm.generate(prompts[1:2], SamplingParams(max_tokens=32))
     assert out[0] == hf_greedy32[1][:hf_greedy32[1].index(eos) + 1]
+    # in a batch: the EOS request stops (a run-ahead step computed one token past it, dropped), the rest go on
+    keep_going = SamplingParams(max_tokens=32, ignore_eos=True)
+    out = llm.generate(prompts, [keep_going, SamplingParams(max_tokens=32), keep_going, keep_going])
+    assert out == [hf_greedy32[0], hf_greedy32[1][:hf_greedy32[1].index(eos) + 1], hf_greedy32[2], hf_greedy32[3]]
+    assert _ran_ahead(llm, run_ahead) and llm.block_manager.num_free_blocks == llm.num_kvcache_blocks
 
 
 def test_bad_requests_are_rejected_with_clear_errors(model_fp32):

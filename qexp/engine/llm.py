@@ -30,13 +30,16 @@ class LLM:
                  max_num_batched_tokens: int = 16384, max_model_len: int = 4096,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
                  enable_prefix_caching: bool = False, num_kvcache_blocks: int | None = None,
-                 merge_projections: bool | None = None, tokenizer=None) -> None:
+                 merge_projections: bool | None = None, run_ahead: bool = False, tokenizer=None) -> None:
         """Wrap a (quantized) HF Qwen3ForCausalLM on its device. num_kvcache_blocks overrides the KV-cache size
         (default: what fits in gpu_memory_utilization of the card next to this process's own memory, the share
         from qexp.engine.memory when not given; on CPU, up to 2 GiB). On CUDA the cache
         holds that memory until the LLM is deleted, so build one engine per model and process. Generation also
         stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device.
-        merge_projections: run q/k/v and gate/up as one GEMM each (qexp.engine.merge); default: on CUDA."""
+        merge_projections: run q/k/v and gate/up as one GEMM each (qexp.engine.merge); default: on CUDA.
+        run_ahead: launch each decode step before the host has read the previous step's sampled tokens (it feeds
+        them to the step on the device), so the host's scheduling and input packing overlap the GPU's work
+        instead of leaving it idle between steps; outputs are the same (`Scheduler.can_run_ahead`)."""
         cfg = model.config
         max_model_len = min(max_model_len, cfg.max_position_embeddings)
         if max_num_batched_tokens < max_model_len:
@@ -64,6 +67,8 @@ class LLM:
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, max_model_len,
                                    eos_ids)
         self.device = self.runner.device
+        self.run_ahead = run_ahead
+        self.num_steps_run_ahead = 0
 
     @property
     def num_kvcache_blocks(self) -> int:
@@ -89,16 +94,32 @@ class LLM:
         top_ps = {s.seq_id: s.params.top_p for s in seqs}
         for s in seqs:
             self.scheduler.add(s)
-        while not self.scheduler.is_finished():
-            batch, is_prefill = self.scheduler.schedule()
-            if is_prefill:
-                hidden = self.runner.prefill(batch, [[len(s) - 1] for s in batch])
-                logits = self.model.lm_head(hidden)
-            else:
-                logits = self.runner.decode(batch)
-            tokens = sample(logits, [temps[s.seq_id] for s in batch], [top_ps[s.seq_id] for s in batch],
-                            generator).tolist()
-            finished = self.scheduler.postprocess(batch, tokens)
+
+        def draw(batch, logits):  # sampled tokens on the device, and their copy on its way to the host
+            tokens = sample(logits, [temps[s.seq_id] for s in batch], [top_ps[s.seq_id] for s in batch], generator)
+            return tokens, (_start_copy_to_host(tokens) if self.run_ahead else tokens.tolist)
+
+        step = None  # a launched step: (batch, (sampled tokens on the device, read() of their host copy), decode?)
+        while step is not None or not self.scheduler.is_finished():
+            if step is None:
+                batch, is_prefill = self.scheduler.schedule()
+                if is_prefill:
+                    logits = self.model.lm_head(self.runner.prefill(batch, [[len(s) - 1] for s in batch]))
+                else:
+                    logits = self.runner.decode(batch)
+                step = (batch, draw(batch, logits), not is_prefill)
+            batch, (tokens, on_host), was_decode = step
+            step = None
+            if self.run_ahead and was_decode and self.scheduler.can_run_ahead(batch):
+                # placeholders stand for the tokens until the host reads them; the next step gets them on the device
+                for s in batch:
+                    s.append_token(0)
+                nxt, is_prefill = self.scheduler.schedule()
+                if is_prefill or nxt != batch:
+                    raise RuntimeError("internal: a run-ahead step must be the decode step of the same batch")
+                step = (batch, draw(batch, self.runner.decode(batch, input_ids=tokens)), True)
+                self.num_steps_run_ahead += 1
+            finished = self.scheduler.postprocess(batch, on_host(), placeheld=step is not None)
             if progress is not None and finished:
                 progress(len(finished))
         return [s.completion_token_ids for s in seqs]
@@ -161,3 +182,19 @@ class LLM:
             raise EngineError(f"request {i} is empty")
         if len(token_ids) > self.max_model_len:
             raise EngineError(f"request {i} has {len(token_ids)} tokens > max_model_len ({self.max_model_len})")
+
+
+def _start_copy_to_host(tokens: torch.Tensor) -> Callable[[], list[int]]:
+    """Queue the copy of sampled tokens to pinned host memory now; the returned call waits for that copy alone.
+    (`tokens.tolist()` would queue it behind whatever was launched since, such as a run-ahead decode step.)"""
+    if tokens.device.type != "cuda":
+        return tokens.tolist
+    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+    host.copy_(tokens, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def read() -> list[int]:
+        done.synchronize()
+        return host.tolist()
+    return read

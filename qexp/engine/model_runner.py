@@ -79,11 +79,14 @@ class ModelRunner:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.use_graphs = self.on_cuda and not enforce_eager
         self.graph_pool = None
-        # one packed int32 host buffer and its device twin feed each decode step with a single copy
+        # a packed int32 host buffer and its device twin feed each decode step with a single copy; two host buffers
+        # used in turn, so a step prepared while the previous one's copy may still be queued (run-ahead decode)
+        # never overwrites it
         nb = self.max_blocks_per_seq
-        self._host = torch.zeros(max_num_seqs * (4 + nb), dtype=torch.int32, pin_memory=self.on_cuda)
-        self._host_np = self._host.numpy()
-        self._dev = torch.zeros_like(self._host, device=self.device)
+        self._hosts = [torch.zeros(max_num_seqs * (4 + nb), dtype=torch.int32, pin_memory=self.on_cuda)
+                       for _ in range(2)]
+        self._steps = 0
+        self._dev = torch.zeros_like(self._hosts[0], device=self.device)
 
     # -- setup -----------------------------------------------------------
     def _build_rope_table(self, rotary, n: int) -> None:
@@ -221,11 +224,14 @@ class ModelRunner:
         return hidden[self._to_dev(rows, torch.int64)]
 
     @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One decode step (last token of each sequence); logits (B, vocab)."""
+    def decode(self, seqs: list[Sequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode step (last token of each sequence); logits (B, vocab). input_ids (B,) on the device, if
+        given, are the step's tokens instead (a run-ahead step: the host holds placeholders)."""
         bs = len(seqs)
         bucket = next(b for b in graph_buckets(self.max_num_seqs) if b >= bs) if self.use_graphs else bs
-        ids, pos, slots, ctx, tables = self._decode_views(self._host_np, bucket)
+        host = self._hosts[self._steps % 2]
+        self._steps += 1
+        ids, pos, slots, ctx, tables = self._decode_views(host.numpy(), bucket)
         lens = [len(s) for s in seqs]
         ids[:], pos[:], ctx[:], slots[:] = 0, 0, 0, -1
         ids[:bs] = [s.token_ids[-1] for s in seqs]
@@ -235,7 +241,9 @@ class ModelRunner:
         table = np.asarray([s.block_table + [0] * (nb - len(s.block_table)) for s in seqs])
         tables[:bs, :nb] = table
         slots[:bs] = table[np.arange(bs), last // self.block_size] * self.block_size + last % self.block_size
-        self._dev.copy_(self._host, non_blocking=True)
+        self._dev.copy_(host, non_blocking=True)
+        if input_ids is not None:
+            self._dev[:bs].copy_(input_ids)  # queued after the packed copy: the sampled tokens win
         if self.use_graphs and bucket not in self.graphs:
             try:
                 self.graphs[bucket] = self._capture(bucket)

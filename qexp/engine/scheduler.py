@@ -62,6 +62,21 @@ class Scheduler:
         self.running.extendleft(reversed(scheduled))
         return scheduled, False
 
+    def can_run_ahead(self, batch: list[Sequence]) -> bool:
+        """Whether the decode step after `batch`'s is known before its sampled tokens are: it is a decode step of
+        the same sequences in the same order whatever they drew. That holds when nothing waits (no prefill comes
+        first), every running sequence is in `batch`, none ends by length on this token (only EOS, which the run
+        ahead tolerates: one token computed past it and dropped), and the cache grows each by a token without a
+        preemption."""
+        if self.waiting or len(self.running) != len(batch) or any(s.status != Status.RUNNING for s in batch):
+            return False
+        if any(s.num_completion_tokens + 1 >= s.params.max_tokens or len(s) + 1 >= self.max_model_len
+               for s in batch):
+            return False
+        bs = self.block_manager.block_size
+        needed = sum(max(0, (len(s) + bs) // bs - len(s.block_table)) for s in batch)  # blocks at len + 1
+        return needed <= self.block_manager.num_free_blocks
+
     def preempt(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
         self.block_manager.deallocate(seq)
@@ -73,11 +88,18 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.running.remove(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
-        """Append each sampled token; finish sequences at EOS, max_tokens or max_model_len. Returns the finished."""
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int], placeheld: bool = False) -> list[Sequence]:
+        """Append each sampled token (placeheld: it replaces the placeholder a run-ahead step appended); finish
+        sequences at EOS, max_tokens or max_model_len. Returns the finished. A sequence already finished (a
+        run-ahead step ran one token past its EOS) keeps its tokens as they are."""
         finished = []
         for seq, tok in zip(seqs, token_ids):
-            seq.append_token(tok)
+            if seq.status == Status.FINISHED:
+                continue
+            if placeheld:
+                seq.token_ids[-1] = tok
+            else:
+                seq.append_token(tok)
             p = seq.params
             if ((not p.ignore_eos and tok in self.eos_token_ids) or seq.num_completion_tokens >= p.max_tokens
                     or len(seq) >= self.max_model_len):
