@@ -152,6 +152,25 @@ def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, 
         f.cache_clear()
 
 
+def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch):
+    """An H200 (same SMs as the H100) takes its own tuned cells (M=1 and M=16) and the H100's for the rest: no
+    Qwen3-1.7B cell falls through to the heuristic."""
+    import json
+    monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
+    for f in (configs.table_paths, configs.lookup):
+        f.cache_clear()
+    own = json.loads(configs.tuned_path("NVIDIA H200").read_text())["configs"]
+    h100 = json.loads(configs.tuned_path("NVIDIA H100 80GB HBM3").read_text())["configs"]
+    kinds = [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128, 256, 512)]
+    for kd in kinds + ["w8a8-int8", "w8a8-fp8"]:
+        for k, n in [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)]:
+            for m in configs.M_BUCKETS:
+                key = configs.key(kd, n, k, m)
+                want = own[key] if m in (1, 16) else h100[key]
+                assert key not in own or m in (1, 16)
+                assert configs.lookup(kd, n, k, m, "NVIDIA H200", (9, 0)) == want
+
+
 def test_shipped_tables_name_their_capability():
     import json
     paths = sorted(configs.TUNED_DIR.glob("*.json"))
