@@ -19,6 +19,7 @@ import torch
 from qexp.engine import LLM, SamplingParams
 from qexp.models.loader import load_model
 
+SETTINGS = {"on": [True], "off": [False], "both": [False, True]}  # --merge / --run-ahead: the values to run
 VOCAB_LIMIT = 150000  # random prompt ids stay clear of the special tokens at the end of the vocab
 
 
@@ -184,8 +185,7 @@ def main() -> None:
                 continue
         elif not args.skip_hf:
             result["hf_eager"] = bench_hf(model, args)
-        merges = {"on": [True], "off": [False], "both": [False, True]}[args.merge]
-        aheads = {"on": [True], "off": [False], "both": [False, True]}[args.run_ahead]
+        merges, aheads = SETTINGS[args.merge], SETTINGS[args.run_ahead]
         for bt, merge, ahead in [(bt, m, a) for bt in args.batched_tokens for m in merges for a in aheads]:
             key = ((recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}") + ("" if merge else "-unmerged")
                    + ("+run-ahead" if ahead else ""))

@@ -111,7 +111,7 @@ class LLM:
             batch, (tokens, on_host), was_decode = step
             step = None
             if self.run_ahead and was_decode and self.scheduler.can_run_ahead(batch):
-                # placeholders stand for the tokens until the host reads them; the next step gets them on the device
+                # stand-in tokens until the host reads the real ones; the next step gets those on the device
                 for s in batch:
                     s.append_token(0)
                 nxt, is_prefill = self.scheduler.schedule()
@@ -119,7 +119,7 @@ class LLM:
                     raise RuntimeError("internal: a run-ahead step must be the decode step of the same batch")
                 step = (batch, draw(batch, self.runner.decode(batch, input_ids=tokens)), True)
                 self.num_steps_run_ahead += 1
-            finished = self.scheduler.postprocess(batch, on_host(), placeheld=step is not None)
+            finished = self.scheduler.postprocess(batch, on_host(), replace_last=step is not None)
             if progress is not None and finished:
                 progress(len(finished))
         return [s.completion_token_ids for s in seqs]

@@ -85,6 +85,7 @@ class ModelRunner:
         nb = self.max_blocks_per_seq
         self._hosts = [torch.zeros(max_num_seqs * (4 + nb), dtype=torch.int32, pin_memory=self.on_cuda)
                        for _ in range(2)]
+        self._hosts_np = [h.numpy() for h in self._hosts]
         self._steps = 0
         self._dev = torch.zeros_like(self._hosts[0], device=self.device)
 
@@ -226,12 +227,12 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step (last token of each sequence); logits (B, vocab). input_ids (B,) on the device, if
-        given, are the step's tokens instead (a run-ahead step: the host holds placeholders)."""
+        given, are the step's tokens instead (a run-ahead step: the host holds stand-ins)."""
         bs = len(seqs)
         bucket = next(b for b in graph_buckets(self.max_num_seqs) if b >= bs) if self.use_graphs else bs
-        host = self._hosts[self._steps % 2]
+        host, host_np = self._hosts[self._steps % 2], self._hosts_np[self._steps % 2]
         self._steps += 1
-        ids, pos, slots, ctx, tables = self._decode_views(host.numpy(), bucket)
+        ids, pos, slots, ctx, tables = self._decode_views(host_np, bucket)
         lens = [len(s) for s in seqs]
         ids[:], pos[:], ctx[:], slots[:] = 0, 0, 0, -1
         ids[:bs] = [s.token_ids[-1] for s in seqs]

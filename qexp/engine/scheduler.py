@@ -88,15 +88,15 @@ class Scheduler:
         self.block_manager.deallocate(seq)
         self.running.remove(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int], placeheld: bool = False) -> list[Sequence]:
-        """Append each sampled token (placeheld: it replaces the placeholder a run-ahead step appended); finish
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int], replace_last: bool = False) -> list[Sequence]:
+        """Append each sampled token (replace_last: it replaces the stand-in a run-ahead step appended); finish
         sequences at EOS, max_tokens or max_model_len. Returns the finished. A sequence already finished (a
         run-ahead step ran one token past its EOS) keeps its tokens as they are."""
         finished = []
         for seq, tok in zip(seqs, token_ids):
             if seq.status == Status.FINISHED:
                 continue
-            if placeheld:
+            if replace_last:
                 seq.token_ids[-1] = tok
             else:
                 seq.append_token(tok)
