@@ -124,10 +124,11 @@ def test_engine_triton_path_matches_reference_path(tiny_model_dir):
     m = load_model(str(tiny_model_dir), "dummy", DEV, 0)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in (3, 40, 130, 257, 9)]
+    # the recorders below read each step's tokens on the host: the plain loop (run-ahead: its own test)
     fast = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
-               gpu_memory_utilization=0.3)
+               gpu_memory_utilization=0.3, run_ahead=False)
     slow = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
-               num_kvcache_blocks=200, enforce_eager=True, merge_projections=False)
+               num_kvcache_blocks=200, enforce_eager=True, merge_projections=False, run_ahead=False)
     slow.runner.use_triton = False
     lp_fast = fast.score(prompts, [1] * 5)
     lp_slow = slow.score(prompts, [1] * 5)
@@ -153,3 +154,24 @@ def test_engine_triton_path_matches_reference_path(tiny_model_dir):
                 assert _rel(lf[i], ls[i]) < 2e-2
                 compared += 1
     assert compared >= 10
+
+
+def test_run_ahead_decode_on_the_gpu_gives_the_synchronous_tokens(tiny_model_dir):
+    """Run-ahead on CUDA graphs (the next step fed the device-side tokens, two staging buffers in turn) emits the
+    same tokens as the synchronous loop, greedy and seeded, with sequences finishing at different steps."""
+    from qexp.engine import LLM, SamplingParams
+    from qexp.models.loader import load_model
+    m = load_model(str(tiny_model_dir), "dummy", DEV, 0)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in (3, 40, 130, 9, 77)]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in (20, 7, 33, 1, 12)]
+    seeded = SamplingParams(max_tokens=16, ignore_eos=True, temperature=0.8, top_p=0.9, seed=5)
+    out = {}
+    for ahead in (False, True):
+        llm = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
+                  num_kvcache_blocks=200, run_ahead=ahead)
+        out[ahead] = (llm.generate(prompts, params), llm.generate(prompts, seeded))
+        assert llm.runner.graphs and (llm.num_steps_run_ahead > 0) == ahead
+        del llm
+    assert out[True] == out[False]
+    assert [len(c) for c in out[True][0]] == [20, 7, 33, 1, 12]
