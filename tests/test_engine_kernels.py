@@ -175,3 +175,75 @@ def test_run_ahead_decode_on_the_gpu_gives_the_synchronous_tokens(tiny_model_dir
         del llm
     assert out[True] == out[False]
     assert [len(c) for c in out[True][0]] == [20, 7, 33, 1, 12]
+
+
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+def test_norm_and_silu_mul_quantize_their_output_bit_for_bit(act):
+    """rms_norm / silu_mul with quant= give exactly quantize_activation of their unquantized outputs (and the
+    same residual), rows strided as in a merged gate/up output, an all-zero token included."""
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from qexp.engine.kernels import rms_norm, silu_mul
+    from qexp.kernels.triton_act_quant import quantize_activation
+    g = torch.Generator(device=DEV).manual_seed(11)
+    norm = Qwen3RMSNorm(2048).to(DEV, torch.bfloat16)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.2)
+    x, r = (torch.randn(2, 37, 2048, device=DEV, generator=g) * 4).bfloat16()
+    x[5], r[5] = 0, 0
+    for res in (None, r):
+        y, res_out = rms_norm(x, norm, res)
+        (yq, ys), res_q = rms_norm(x, norm, res, quant=act)
+        wq, ws = quantize_activation(y, act)
+        assert torch.equal(res_q, res_out) and torch.equal(ys, ws)
+        assert torch.equal(yq.view(torch.int8), wq.view(torch.int8))
+    gate, up = (torch.randn(37, 2 * 6144, device=DEV, generator=g) * 3).bfloat16().chunk(2, -1)
+    gate[5] = 0
+    (sq, ss) = silu_mul(gate, up, quant=act)
+    wq, ws = quantize_activation(silu_mul(gate, up), act)
+    assert sq.shape == (37, 6144) and torch.equal(ss, ws) and torch.equal(sq.view(torch.int8), wq.view(torch.int8))
+
+
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+def test_w8a8_engine_quantizes_activations_in_the_norms(tiny_model_dir, act, monkeypatch):
+    """SmoothQuant W8A8 in the engine: the norms and SiLU * up quantize the qkv / gate-up / down inputs (prefill
+    and graph-replayed decode at batch 8, where the backend takes quantized input) and the logits are exactly
+    those of the engine quantizing inside each linear."""
+    from qexp.config import RunConfig
+    from qexp.engine import LLM, SamplingParams
+    from qexp.engine.model_runner import ModelRunner
+    from qexp.models.loader import load_model
+    from qexp.quant.apply import quantize_model
+    m = load_model(str(tiny_model_dir), "dummy", DEV, 0)
+    g = torch.Generator().manual_seed(4)
+    calib = [torch.randint(0, 151936, (1, 64), generator=g).to(DEV) for _ in range(2)]
+    quantize_model(m, RunConfig(dtype=act, quant="smooth", mode="real").validate(), calibration_batches=calib)
+    prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in (3, 40, 130, 9, 77, 20, 5, 64)]
+    calls, quant_in = [], ModelRunner._quant_in
+
+    def recorded(self, linear, t):
+        calls.append(quant_in(self, linear, t))
+        return calls[-1]
+    monkeypatch.setattr(ModelRunner, "_quant_in", recorded)
+    runs = {}
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(ModelRunner, "_quant_in", lambda self, lin, t: None)
+        llm = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
+                  num_kvcache_blocks=200)
+        steps = []
+        dec = llm.runner.decode
+
+        def recording(seqs, input_ids=None, dec=dec, rec=steps):  # logits only: run-ahead steps too
+            logits = dec(seqs, input_ids)
+            rec.append(logits.float().clone())
+            return logits
+        llm.runner.decode = recording
+        lp = llm.score(prompts, [1] * len(prompts))
+        out = llm.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
+        runs[fuse] = (lp, out, steps)
+        del llm
+    assert act in calls  # the fused path ran
+    (lp_f, out_f, st_f), (lp_u, out_u, st_u) = runs[True], runs[False]
+    assert out_f == out_u
+    assert all(torch.equal(a, b) for a, b in zip(lp_f, lp_u))
+    assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))

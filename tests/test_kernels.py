@@ -467,6 +467,30 @@ def test_w8a8_matches_reference(act, m):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+@pytest.mark.parametrize("m", [1, 16, 300, 1024])
+def test_prequantized_input_gives_quantized_linears_result(act, m):
+    """Activations quantized by their producer then quantized_linear_prequantized == quantized_linear on bf16 x,
+    bit for bit, for the tuned choice and the candidates; where the choice is the GEMV (which quantizes inside)
+    the engine is told not to pre-quantize and the call refuses."""
+    from qexp.kernels import fused
+    from qexp.kernels.triton_act_quant import quantize_activation
+    q, s, x, _, bias, _ = _w8a8_case(1024, 2048, m, act, 7 * m)
+    x_q, x_s = quantize_activation(x, act)
+    cfgs = [None] + [c for c in configs.candidates(f"w8a8-{act}", m) if c["backend"] != "gemv"][:3]
+    for cfg in cfgs:
+        want = fused.quantized_linear(x, q, s, act_dtype=act, bias=bias, config=cfg)
+        if cfg is None and not fused.takes_quantized_input(q, s, act, m):
+            assert configs.config_for(f"w8a8-{act}", 1024, 2048, m, x.device)["backend"] == "gemv"
+            with pytest.raises(ValueError, match="GEMV"):
+                fused.quantized_linear_prequantized(x_q, x_s, q, s, bias=bias)
+            continue
+        got = fused.quantized_linear_prequantized(x_q, x_s, q, s, bias=bias, config=cfg)
+        assert torch.equal(got, want), cfg
+    assert not fused.takes_quantized_input(q, s, None, m)  # weight-only never takes quantized input
+
+
+@pytest.mark.gpu
 def test_cuda_graph_capture_replays_with_new_inputs():
     gen = torch.Generator(device="cuda").manual_seed(11)
     layers = [_quantized(2048, 2048, "int8", "group", 128, gen) + (128, None),

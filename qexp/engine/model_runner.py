@@ -28,6 +28,8 @@ from qexp.engine.attention import (
 )
 from qexp.engine.merge import merge_linears
 from qexp.engine.sequence import Sequence
+from qexp.kernels.activation import QuantizedActivation
+from qexp.quant.real import QuantizedWeight
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
 FREE_MARGIN_BYTES = 1 << 30  # left free on the card for the CUDA context, cuBLAS workspaces and graphs
@@ -61,7 +63,8 @@ class ModelRunner:
         self.use_triton = self.on_cuda if use_triton is None else use_triton
         if self.use_triton:
             from qexp.engine import kernels
-            self.kernels = kernels
+            from qexp.kernels import fused
+            self.kernels, self.fused = kernels, fused
         # q/k/v and gate/up as one GEMM each where the weights allow it (entry None: separate linears);
         # by default on the fused (Triton) path only, so the CPU path stays the HF modules themselves
         merge = self.use_triton if merge_projections is None else merge_projections
@@ -156,12 +159,13 @@ class ModelRunner:
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             if self.use_triton:
-                x, residual = self.kernels.rms_norm(h, layer.input_layernorm, residual)
+                x, residual = self.kernels.rms_norm(h, layer.input_layernorm, residual,
+                                                    self._quant_in(self.qkv[i], T))
             else:
                 residual = h
                 x = layer.input_layernorm(h)
             if self.qkv[i] is not None:  # one GEMM; q, k, v are strided views of its output rows
-                q, k, v = F.linear(x, *self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
+                q, k, v = self._linear(x, *self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
             else:
                 q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
             q, k, v = q.view(T, H, D), k.view(T, KV, D), v.view(T, KV, D)
@@ -176,9 +180,11 @@ class ModelRunner:
             h = attn.o_proj(o.view(T, H * D))
             mlp = layer.mlp
             if self.use_triton:
-                x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual)
+                x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual,
+                                                    self._quant_in(self.gate_up[i], T))
                 gate, up = self._gate_up(i, x)
-                h = mlp.down_proj(self.kernels.silu_mul(gate, up))
+                down = (mlp.down_proj.weight, mlp.down_proj.bias)
+                h = self._linear(self.kernels.silu_mul(gate, up, self._quant_in(down, T)), *down)
             else:
                 h = residual + h
                 residual = h
@@ -196,7 +202,22 @@ class ModelRunner:
         mlp = self.layers[i].mlp
         if self.gate_up[i] is None:
             return mlp.gate_proj(x), mlp.up_proj(x)
-        return F.linear(x, *self.gate_up[i]).chunk(2, dim=-1)
+        return self._linear(x, *self.gate_up[i]).chunk(2, dim=-1)
+
+    def _quant_in(self, linear: tuple[torch.Tensor, torch.Tensor | None] | None, m: int) -> str | None:
+        """"int8" | "fp8" when the kernel producing this linear's input should quantize it (a W8A8 weight without
+        a pre-scale whose backend at m rows takes quantized input): one pass over the activations instead of two."""
+        w = linear[0] if linear is not None else None
+        if (type(w) is not QuantizedWeight or w.act_dtype is None or w.pre_scale is not None
+                or self.dtype != torch.bfloat16):
+            return None
+        return w.act_dtype if self.fused.takes_quantized_input(w.qdata, w.scale, w.act_dtype, m) else None
+
+    def _linear(self, x, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            return self.fused.quantized_linear_prequantized(x.q, x.scale, weight.qdata, weight.scale, bias=bias,
+                                                            out_dtype=self.dtype)
+        return F.linear(x, weight, bias)
 
     # -- steps -----------------------------------------------------------
     @torch.inference_mode()

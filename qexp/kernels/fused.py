@@ -83,9 +83,7 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
     if group_size is not None and group_size >= k:
         group_size = None  # one group per row is row-wise
     kind = configs.kind(w_q.dtype, act_dtype, group_size if w_scale.dim() == 2 else None)
-    cfg = config or configs.config_for(kind, n, k, m, x.device)
-    if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
-        cfg = configs.heuristic("w8a8-int8", n, k, m)
+    cfg = _config(kind, n, k, m, x.device, config)
     if cfg["backend"] == "skinny" and not (
             gluon_skinny is not None and act_dtype is None and x.dtype == torch.bfloat16
             and gluon_skinny.supported(k, group_size if w_scale.dim() == 2 else None)
@@ -117,12 +115,47 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         out = qmm(x2, w_q, w_scale, cfg, act_dtype=act_dtype, pre_scale=pre_scale, bias=bias, out_dtype=x.dtype)
     else:
         x_q, x_s = quantize_activation(x2, act_dtype, pre_scale)
-        if cfg["backend"] == "triton":
-            out = qmm(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=x.dtype)
-        elif cfg["backend"] == "tma":
-            out = triton_qmm_tma.qmm_tma(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=x.dtype)
-        else:
-            out = _scaled_mm(x_q, x_s, w_q, w_scale, x.dtype, cfg["backend"] == "scaled_mm_fast")
-            if bias is not None:
-                out = out + bias
+        out = _w8a8_gemm(x_q, x_s, w_q, w_scale, cfg, bias, x.dtype)
     return out.reshape(*lead, n)
+
+
+def _config(kind_: str, n: int, k: int, m: int, device: torch.device, config: dict | None) -> dict:
+    cfg = config or configs.config_for(kind_, n, k, m, device)
+    if cfg["backend"].startswith("scaled_mm") and n % 16:  # cuBLASLt fp8 needs N % 16 == 0
+        cfg = configs.heuristic("w8a8-int8", n, k, m)
+    return cfg
+
+
+def _w8a8_gemm(x_q, x_s, w_q, w_scale, cfg: dict, bias, out_dtype) -> torch.Tensor:
+    if cfg["backend"] == "triton":
+        return qmm(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=out_dtype)
+    if cfg["backend"] == "tma" and triton_qmm_tma is not None and triton_qmm_tma.supported(x_q, w_q):
+        return triton_qmm_tma.qmm_tma(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=out_dtype)
+    if cfg["backend"] == "tma":
+        return qmm(x_q, w_q, w_scale, {**cfg, "backend": "triton"}, x_scale=x_s, bias=bias, out_dtype=out_dtype)
+    out = _scaled_mm(x_q, x_s, w_q, w_scale, out_dtype, cfg["backend"] == "scaled_mm_fast")
+    return out if bias is None else out + bias
+
+
+def takes_quantized_input(w_q: torch.Tensor, w_scale: torch.Tensor, act_dtype: str | None, m: int) -> bool:
+    """Whether a W8A8 linear over m rows runs on activations its producer has already quantized
+    (quantized_linear_prequantized): every backend but the GEMV, which quantizes x inside itself."""
+    if act_dtype is None or _ACT.get(act_dtype) != w_q.dtype or not w_q.is_cuda or w_scale.dim() != 1:
+        return False
+    n, k = w_q.shape
+    return k % 16 == 0 and _config(configs.kind(w_q.dtype, act_dtype, None), n, k, m, w_q.device,
+                                   None)["backend"] != "gemv"
+
+
+def quantized_linear_prequantized(x_q: torch.Tensor, x_s: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                                  *, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+                                  config: dict | None = None) -> torch.Tensor:
+    """W8A8 on activations quantized per token by the kernel that produced them (x_q (M, K) in the weight's
+    dtype, x_s (M, 1) float32): quantized_linear without its activation-quant pass, same kernels, same result."""
+    m, k = x_q.shape
+    n = w_q.shape[0]
+    act_dtype = "int8" if w_q.dtype == torch.int8 else "fp8"
+    cfg = _config(configs.kind(w_q.dtype, act_dtype, None), n, k, m, x_q.device, config)
+    if cfg["backend"] == "gemv":
+        raise ValueError("the GEMV quantizes its own input: call quantized_linear (see takes_quantized_input)")
+    return _w8a8_gemm(x_q, x_s, w_q, w_scale, cfg, bias, out_dtype)

@@ -28,6 +28,16 @@ def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
     x = x_raw.to(tl.float32)
     if HAS_PRE:
         x = (x * tl.load(pre_ptr + offs, mask=mask, other=0.0)).to(x_raw.dtype).to(tl.float32)
+    q, scale = quantize_row(x, IS_FP8, QMAX, QMAX_INV)
+    tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs, q, mask=mask)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def quantize_row(x, IS_FP8: tl.constexpr, QMAX: tl.constexpr, QMAX_INV: tl.constexpr):
+    """One token's float32 values (a 1-D block, masked lanes 0) -> (8-bit values, float32 scale). Also called
+    by the kernels that produce a W8A8 linear's input (the engine's RMSNorm, SiLU * up), so their fused output
+    is bit for bit this kernel's."""
     amax = tl.max(tl.abs(x), axis=0)
     scale = tl.maximum(amax, 1e-12) * QMAX_INV
     y = tl.div_rn(x, scale)
@@ -36,8 +46,13 @@ def _act_quant_kernel(x_ptr, pre_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm,
     else:
         # adding then subtracting 1.5 * 2^23 rounds |y| <= 127 to the nearest integer, ties to even (torch.round)
         q = ((tl.clamp(y, -QMAX, QMAX) + 12582912.0) - 12582912.0).to(tl.int8)
-    tl.store(q_ptr + row.to(tl.int64) * stride_qm + offs, q, mask=mask)
-    tl.store(s_ptr + row, scale)
+    return q, scale
+
+
+def quant_args(act_dtype: str) -> dict:
+    """The constexprs of quantize_row for an activation dtype."""
+    qmax = qdq.QMAX[act_dtype]
+    return {"IS_FP8": act_dtype == "fp8", "QMAX": float(qmax), "QMAX_INV": float(np.float32(1.0) / np.float32(qmax))}
 
 
 def quantize_activation(x: torch.Tensor, act_dtype: str, pre_scale: torch.Tensor | None = None):
@@ -47,8 +62,6 @@ def quantize_activation(x: torch.Tensor, act_dtype: str, pre_scale: torch.Tensor
     s = torch.empty((m, 1), device=x.device, dtype=torch.float32)
     block_k = triton.next_power_of_2(k)
     _act_quant_kernel[(m,)](x, pre_scale if pre_scale is not None else s, q, s, k, x.stride(0), q.stride(0),
-                            HAS_PRE=pre_scale is not None, IS_FP8=act_dtype == "fp8",
-                            QMAX=float(qdq.QMAX[act_dtype]),
-                            QMAX_INV=float(np.float32(1.0) / np.float32(qdq.QMAX[act_dtype])), BLOCK_K=block_k,
+                            HAS_PRE=pre_scale is not None, **quant_args(act_dtype), BLOCK_K=block_k,
                             num_warps=min(16, max(4, block_k // 512)), **pdl.launch(x.device))
     return q, s

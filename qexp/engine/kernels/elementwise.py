@@ -1,5 +1,6 @@
 """Fused Triton kernels for the memory-bound parts of a Qwen3 layer: residual add + RMSNorm, per-head q/k RMSNorm +
-rotary embedding, SiLU(gate) * up. Each reproduces the bf16 rounding points of the HF modules it replaces
+rotary embedding, SiLU(gate) * up; the norm and SiLU * up optionally quantize their output per token for a W8A8 linear
+(one pass instead of two). Each reproduces the bf16 rounding points of the HF modules it replaces
 (value rounded to the model dtype wherever HF materialises a tensor), so outputs match HF to within the rounding
 of float32 reductions."""
 from __future__ import annotations
@@ -9,37 +10,67 @@ import triton
 import triton.language as tl
 
 from qexp.kernels import pdl
+from qexp.kernels.activation import QuantizedActivation
+from qexp.kernels.triton_act_quant import quant_args, quantize_row
+from qexp.quant import qdq
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, N, eps,
-                     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _rms_norm_kernel(x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, s_ptr, N, eps,
+                     HAS_RES: tl.constexpr, QUANT: tl.constexpr, IS_FP8: tl.constexpr, QMAX: tl.constexpr,
+                     QMAX_INV: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
+    dt = res_out_ptr.dtype.element_ty  # the model dtype
     x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         x = x + tl.load(res_ptr + row * N + cols, mask=mask, other=0.0).to(tl.float32)
-    x = x.to(out_ptr.dtype.element_ty)  # HF: residual + hidden is a bf16 tensor
+    x = x.to(dt)  # HF: residual + hidden is a bf16 tensor
     tl.store(res_out_ptr + row * N + cols, x, mask=mask)
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / N
-    y = (xf * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
+    y = (xf * tl.rsqrt(var + eps)).to(dt).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * N + cols, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
+    y = (w * y).to(dt)
+    if QUANT:  # the W8A8 linear's per-token quantization, on the bf16 value the unfused path would store
+        q, scale = quantize_row(y.to(tl.float32), IS_FP8, QMAX, QMAX_INV)
+        tl.store(out_ptr + row * N + cols, q, mask=mask)
+        tl.store(s_ptr + row, scale)
+    else:
+        tl.store(out_ptr + row * N + cols, y, mask=mask)
 
 
-def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | None = None):
-    """(norm(x + residual), x + residual) for rows of x; `norm` is an HF Qwen3RMSNorm (its weight and eps)."""
+def rms_norm(x: torch.Tensor, norm: torch.nn.Module, residual: torch.Tensor | None = None,
+             quant: str | None = None):
+    """(norm(x + residual), x + residual) for rows of x; `norm` is an HF Qwen3RMSNorm (its weight and eps).
+    quant "int8" | "fp8": the first output is the norm quantized per token for a W8A8 linear, a
+    QuantizedActivation, bit for bit what quantize_activation makes of the unquantized output."""
     x = x.contiguous()
     n = x.shape[-1]
-    out, res_out = torch.empty_like(x), torch.empty_like(x)
-    _rms_norm_kernel[(x.numel() // n,)](x, residual if residual is not None else x, out, res_out, norm.weight, n,
-                                        norm.variance_epsilon, HAS_RES=residual is not None,
-                                        BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 2048 else 4,
-                                        **pdl.launch(x.device))
-    return out, res_out
+    res_out = torch.empty_like(x)
+    out, scale = _outputs(x, quant)
+    _rms_norm_kernel[(x.numel() // n,)](x, residual if residual is not None else x, out, res_out, norm.weight,
+                                        scale, n, norm.variance_epsilon, HAS_RES=residual is not None,
+                                        **_quant_args(quant), BLOCK=triton.next_power_of_2(n),
+                                        num_warps=8 if n >= 2048 else 4, **pdl.launch(x.device))
+    return (QuantizedActivation(out, scale) if quant else out), res_out
+
+
+def _outputs(x: torch.Tensor, quant: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh output buffers for rows like x's: the model dtype (the scale pointer then unused), or 8-bit values
+    and their per-token float32 scales."""
+    if quant is None:
+        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        return out, out
+    return (torch.empty(x.shape, device=x.device, dtype=qdq.STORAGE[quant]),
+            torch.empty((x.numel() // x.shape[-1], 1), device=x.device, dtype=torch.float32))
+
+
+def _quant_args(quant: str | None) -> dict:
+    return {"QUANT": True, **quant_args(quant)} if quant else {"QUANT": False, "IS_FP8": False, "QMAX": 1.0,
+                                                                 "QMAX_INV": 1.0}
 
 
 @triton.jit
@@ -125,27 +156,35 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Te
 
 
 @triton.jit
-def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n, a_row, b_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, s_ptr, n, a_row, b_row, QUANT: tl.constexpr, IS_FP8: tl.constexpr,
+                     QMAX: tl.constexpr, QMAX_INV: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     pdl.start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     a = tl.load(a_ptr + row * a_row + offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + row * b_row + offs, mask=mask, other=0.0).to(tl.float32)
-    dt = out_ptr.dtype.element_ty
+    dt = a_ptr.dtype.element_ty
     s = (a * tl.sigmoid(a)).to(dt).to(tl.float32)
-    tl.store(out_ptr + row * n + offs, (s * b).to(dt), mask=mask)
+    y = (s * b).to(dt)
+    if QUANT:  # one program holds the whole row (BLOCK >= n): its amax is the token's
+        q, scale = quantize_row(y.to(tl.float32), IS_FP8, QMAX, QMAX_INV)
+        tl.store(out_ptr + row * n + offs, q, mask=mask)
+        tl.store(s_ptr + row, scale)
+    else:
+        tl.store(out_ptr + row * n + offs, y, mask=mask)
 
 
-def silu_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def silu_mul(a: torch.Tensor, b: torch.Tensor, quant: str | None = None):
     """HF Qwen3MLP's act_fn(gate_proj(x)) * up_proj(x) in one pass; a, b (T, I), rows may be strided (the two
-    halves of a merged gate/up output)."""
+    halves of a merged gate/up output). quant "int8" | "fp8": a QuantizedActivation for a W8A8 down_proj."""
     shape = a.shape
     n = shape[-1]
     a, b = rows_view(a.reshape(-1, n)), rows_view(b.reshape(-1, n))
-    out = torch.empty(shape, device=a.device, dtype=a.dtype)
-    block = min(2048, triton.next_power_of_2(n))
-    _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, n, a.stride(0), b.stride(0), BLOCK=block,
-                                                          num_warps=8 if block >= 2048 else 4,
+    out, scale = _outputs(a, quant)
+    block = triton.next_power_of_2(n) if quant else min(2048, triton.next_power_of_2(n))
+    _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, scale, n, a.stride(0), b.stride(0),
+                                                          **_quant_args(quant), BLOCK=block,
+                                                          num_warps=min(16, max(4, block // 256)),
                                                           **pdl.launch(a.device))
-    return out
+    return QuantizedActivation(out, scale) if quant else out.view(shape)
