@@ -28,15 +28,21 @@ def _prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return torch.randint(0, VOCAB_LIMIT, (n, length), generator=g).tolist()
 
 
-def _timed(fn, repeats: int = 1) -> tuple[float, object]:
+def _timed(fn, inputs: list) -> tuple[float, object]:
+    """Median wall time of fn(x) over the inputs (built beforehand: making prompts is not the engine's time)."""
     times, out = [], None
-    for _ in range(repeats):
+    for x in inputs:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(x)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def _prompt_sets(n: int, length: int, seed: int, repeats: int = 1) -> list[list[list[int]]]:
+    """One distinct prompt set per repeat."""
+    return [_prompts(n, length, seed + 1000 * r) for r in range(repeats)]
 
 
 def bench_engine(llm: LLM, args, tag: str) -> dict:
@@ -58,9 +64,10 @@ def bench_engine(llm: LLM, args, tag: str) -> dict:
 def _engine_prefill(llm: LLM, args) -> dict:
     res = {}
     # prefill: max_tokens=1, each prompt yields exactly one sampled token after its prefill
-    _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 1), SamplingParams(max_tokens=1)))
-    t, out = _timed(lambda: llm.generate(_prompts(args.num_prompts, args.prompt_len, 2),
-                                         SamplingParams(max_tokens=1)), args.repeats)
+    one = SamplingParams(max_tokens=1)
+    _timed(lambda p: llm.generate(p, one), _prompt_sets(args.num_prompts, args.prompt_len, 1))
+    t, out = _timed(lambda p: llm.generate(p, one),
+                    _prompt_sets(args.num_prompts, args.prompt_len, 2, args.repeats))
     assert all(len(o) == 1 for o in out)
     res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
     res["prefill_time_s"] = t
@@ -70,16 +77,16 @@ def _engine_prefill(llm: LLM, args) -> dict:
 def _engine_decode(llm: LLM, args) -> dict:
     res = {}
     # decode: N one-token prompts, gen_len tokens each (warm-up captures the batch's CUDA graph)
-    dec = SamplingParams(max_tokens=args.gen_len, ignore_eos=True)
-    _timed(lambda: llm.generate(_prompts(args.num_prompts, 1, 3), SamplingParams(max_tokens=8, ignore_eos=True)))
-    t, out = _timed(lambda: llm.generate(_prompts(args.num_prompts, 1, 4), dec))
+    dec, warm = SamplingParams(max_tokens=args.gen_len, ignore_eos=True), SamplingParams(max_tokens=8, ignore_eos=True)
+    _timed(lambda p: llm.generate(p, warm), _prompt_sets(args.num_prompts, 1, 3))
+    t, out = _timed(lambda p: llm.generate(p, dec), _prompt_sets(args.num_prompts, 1, 4))
     n = sum(len(o) for o in out)
     assert n == args.num_prompts * args.gen_len
     res["decode_tok_s"], res["decode_time_s"], res["decode_tokens"] = n / t, t, n
     # batch-1 decode
-    _timed(lambda: llm.generate(_prompts(1, 1, 5), SamplingParams(max_tokens=8, ignore_eos=True)))
-    t, out = _timed(lambda: llm.generate(_prompts(1, 1, 6), SamplingParams(max_tokens=args.bs1_len,
-                                                                           ignore_eos=True)), args.repeats)
+    bs1 = SamplingParams(max_tokens=args.bs1_len, ignore_eos=True)
+    _timed(lambda p: llm.generate(p, warm), _prompt_sets(1, 1, 5))
+    t, out = _timed(lambda p: llm.generate(p, bs1), _prompt_sets(1, 1, 6, args.repeats))
     res["bs1_decode_tok_s"] = len(out[0]) / t
     return res
 
@@ -94,25 +101,26 @@ def bench_hf(model, args) -> dict:
                               do_sample=False, pad_token_id=pad)
     with torch.inference_mode():
         gen(_prompts(args.num_prompts, args.prompt_len, 1), 1)
-        t, _ = _timed(lambda: gen(_prompts(args.num_prompts, args.prompt_len, 2), 1))
+        t, _ = _timed(lambda p: gen(p, 1), _prompt_sets(args.num_prompts, args.prompt_len, 2))
         res["prefill_tok_s"] = args.num_prompts * args.prompt_len / t
         if "decode" not in args.sections:
             print(f"[hf eager] prefill {res['prefill_tok_s']:.0f} tok/s", flush=True)
             return res
         gen(_prompts(args.num_prompts, 1, 3), 4)
-        t, out = _timed(lambda: gen(_prompts(args.num_prompts, 1, 4), args.hf_gen_len))
+        t, out = _timed(lambda p: gen(p, args.hf_gen_len), _prompt_sets(args.num_prompts, 1, 4))
         res["decode_tok_s"] = args.num_prompts * (out.shape[1] - 1) / t
         res["decode_tokens_per_seq"] = out.shape[1] - 1
         gen(_prompts(1, 1, 5), 4)
-        t, out = _timed(lambda: gen(_prompts(1, 1, 6), args.hf_gen_len))
+        t, out = _timed(lambda p: gen(p, args.hf_gen_len), _prompt_sets(1, 1, 6))
         res["bs1_decode_tok_s"] = (out.shape[1] - 1) / t
     print(f"[hf eager] prefill {res['prefill_tok_s']:.0f} tok/s  decode {res['decode_tok_s']:.0f} tok/s  "
           f"bs1 {res['bs1_decode_tok_s']:.0f} tok/s", flush=True)
     return res
 
 
-def profile(llm: LLM, out_dir: str) -> None:
-    """Where the time goes: one prefill batch and 32 decode steps at the benchmark's batch size."""
+def profile(llm: LLM, out_dir: str, key: str) -> None:
+    """Where the time goes: one prefill batch and 32 decode steps at the benchmark's batch size (one file per
+    engine: <out_dir>/engine_profile_<key>.txt)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
     with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
@@ -127,7 +135,7 @@ def profile(llm: LLM, out_dir: str) -> None:
         llm.generate(_prompts(1, 500, 9), SamplingParams(max_tokens=64, ignore_eos=True))
         torch.cuda.synchronize()
     table3 = p3.key_averages().table(sort_by="cuda_time_total", row_limit=20)
-    with open(f"{out_dir}/engine_profile.txt", "w") as f:
+    with open(f"{out_dir}/engine_profile_{key}.txt", "w") as f:
         f.write("== prefill 16 x 1000 ==\n" + table + "\n== 100 seqs x 500 ctx, 32 decode steps ==\n" + table2
                 + "\n== batch 1, 500 ctx, 64 decode steps ==\n" + table3)
 
@@ -147,8 +155,9 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--merge", default="on", choices=["on", "off", "both"],
                     help="merged q/k/v and gate/up GEMMs (both: also time separate linears, key '<recipe>-unmerged')")
-    ap.add_argument("--run-ahead", default="off", choices=["off", "on", "both"],
-                    help="LLM(run_ahead=...): decode steps launched before the host reads the previous tokens")
+    ap.add_argument("--run-ahead", default="on", choices=["off", "on", "both"],
+                    help="LLM(run_ahead=...): decode steps launched before the host reads the previous tokens "
+                         "(off: key '<recipe>-sync')")
     ap.add_argument("--sections", default="prefill,decode", help="prefill and/or decode (decode includes batch-1)")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
     ap.add_argument("--out", default="benchmarks/engine.json")
@@ -188,7 +197,7 @@ def main() -> None:
         merges, aheads = SETTINGS[args.merge], SETTINGS[args.run_ahead]
         for bt, merge, ahead in [(bt, m, a) for bt in args.batched_tokens for m in merges for a in aheads]:
             key = ((recipe if len(args.batched_tokens) == 1 else f"{recipe}@{bt}") + ("" if merge else "-unmerged")
-                   + ("+run-ahead" if ahead else ""))
+                   + ("" if ahead else "-sync"))
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
@@ -200,8 +209,8 @@ def main() -> None:
                 res = bench_engine(llm, args, key) | {"init_s": init_s, "kv_blocks": llm.num_kvcache_blocks,
                                                       "max_num_batched_tokens": bt, "merged": merge,
                                                       "run_ahead": ahead, "steps_run_ahead": llm.num_steps_run_ahead}
-                if args.profile and recipe == "bf16":
-                    profile(llm, args.profile)
+                if args.profile:
+                    profile(llm, args.profile, key)
             except Exception as e:  # noqa: BLE001
                 res = {"error": f"{type(e).__name__}: {e}"}
                 print(f"[{key}] engine failed: {e}", flush=True)
