@@ -6,11 +6,12 @@ Why drive the decoder layers here rather than plug into AttentionInterface: HF's
 block tables. An attention-interface hook would still pay for the (B, T) reshapes, mask construction and cache
 plumbing on every step, and those Python-side allocations are hostile to CUDA-graph capture. So this module walks
 `model.model.layers` itself and calls every HF submodule that carries weights (embed_tokens, q/k/v/o_proj,
-q_norm/k_norm, input/post_attention_layernorm, the MLP's gate/up/down_proj, norm, lm_head) as module(x), which keeps
-TorchAO-quantized linears working unchanged; only attention and the rotary embedding (a table built from the
-model's own rotary inv_freq exactly as HF computes it) are ours. On CPU the norms and MLP are the HF modules
-themselves (bit-for-bit HF numerics); on CUDA they are fused Triton kernels fed the same norm weights, and decode
-steps are replayed from CUDA graphs captured per batch-size bucket.
+q_norm/k_norm, input/post_attention_layernorm, the MLP's gate/up/down_proj, norm, lm_head) as module(x), or
+F.linear on its (merged) weight, which keeps TorchAO-quantized linears working unchanged; only attention and the
+rotary embedding (a table built from the model's own rotary inv_freq exactly as HF computes it) are ours. On CPU
+the norms and MLP are the HF modules themselves (bit-for-bit HF numerics); on CUDA they are fused Triton kernels fed
+the same norm weights (which also quantize a W8A8 linear's input, see _quant_in), and decode steps are replayed
+from CUDA graphs captured per batch-size bucket.
 """
 from __future__ import annotations
 
