@@ -106,8 +106,24 @@ def test_run_ahead_only_where_the_next_step_is_known():
     bm.deallocate(other)
     assert sch.can_run_ahead([a, b])
     assert not sch.can_run_ahead([a])  # b runs too but is not in the batch
+    assert not sch.next_is_prefill()  # nothing waits
     sch.add(Sequence([1], SamplingParams(), 4))
     assert not sch.can_run_ahead([a, b])  # a waiting request: the next step is its prefill
+    assert sch.next_is_prefill()  # ... which needs nothing from a's and b's tokens
+    bm.allocate(other, 0)  # the cache is full: the waiting request cannot be placed yet
+    assert not sch.next_is_prefill()
+
+
+@RUN_AHEAD
+def test_prefills_of_waiting_requests_run_ahead(model_fp32, prompts, hf_greedy32, run_ahead):
+    # 48 tokens per step: the four prompts (63 tokens) take two prefill steps; with run-ahead the second is launched
+    # before the first one's tokens are read
+    llm = _engine(model_fp32, max_num_batched_tokens=48, max_model_len=48, run_ahead=run_ahead)
+    assert llm.generate(prompts, SamplingParams(max_tokens=1)) == [h[:1] for h in hf_greedy32]
+    assert _ran_ahead(llm, run_ahead)  # max_tokens=1: prefill steps only
+    out = llm.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))
+    assert out == [h[:8] for h in hf_greedy32]
+    assert llm.block_manager.num_free_blocks == llm.num_kvcache_blocks
 
 
 @RUN_AHEAD

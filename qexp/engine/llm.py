@@ -38,9 +38,10 @@ class LLM:
         stops when a sequence reaches max_model_len tokens. Returned tensors live on the model's device.
         merge_projections: run q/k/v and gate/up as one GEMM each (qexp.engine.merge); default: on CUDA.
         run_ahead: launch each decode step before the host has read the previous step's sampled tokens (it feeds
-        them to the step on the device), so the host's scheduling and input packing overlap the GPU's work
-        instead of leaving it idle between steps; outputs are the same (`Scheduler.can_run_ahead`). On by default:
-        +7-17 % decode tok/s at 100 sequences on an H200 (BENCHMARKS.md); False is the plain loop."""
+        them to the step on the device), and a prefill of waiting sequences before the previous prefill's tokens
+        are read, so the host's scheduling and input packing overlap the GPU's work instead of leaving it idle
+        between steps; outputs are the same (`Scheduler.can_run_ahead`, `Scheduler.next_is_prefill`). On by
+        default: +7-17 % decode tok/s at 100 sequences on an H200 (BENCHMARKS.md); False is the plain loop."""
         cfg = model.config
         max_model_len = min(max_model_len, cfg.max_position_embeddings)
         if max_num_batched_tokens < max_model_len:
@@ -100,17 +101,19 @@ class LLM:
             tokens = sample(logits, [temps[s.seq_id] for s in batch], [top_ps[s.seq_id] for s in batch], generator)
             return tokens, (_start_copy_to_host(tokens) if self.run_ahead else tokens.tolist)
 
-        step = None  # a launched step: (batch, (sampled tokens on the device, read() of their host copy), decode?)
+        def launch(batch, is_prefill):  # a step: (batch, draw(...), decode?)
+            if is_prefill:
+                logits = self.model.lm_head(self.runner.prefill(batch, [[len(s) - 1] for s in batch]))
+            else:
+                logits = self.runner.decode(batch)
+            return batch, draw(batch, logits), not is_prefill
+
+        step = None  # the launched step not yet read back
         while step is not None or not self.scheduler.is_finished():
             if step is None:
-                batch, is_prefill = self.scheduler.schedule()
-                if is_prefill:
-                    logits = self.model.lm_head(self.runner.prefill(batch, [[len(s) - 1] for s in batch]))
-                else:
-                    logits = self.runner.decode(batch)
-                step = (batch, draw(batch, logits), not is_prefill)
+                step = launch(*self.scheduler.schedule())
             batch, (tokens, on_host), was_decode = step
-            step = None
+            step, stand_ins = None, False
             if self.run_ahead and was_decode and self.scheduler.can_run_ahead(batch):
                 # stand-in tokens until the host reads the real ones; the next step gets those on the device
                 for s in batch:
@@ -118,9 +121,13 @@ class LLM:
                 nxt, is_prefill = self.scheduler.schedule()
                 if is_prefill or nxt != batch:
                     raise RuntimeError("internal: a run-ahead step must be the decode step of the same batch")
-                step = (batch, draw(batch, self.runner.decode(batch, input_ids=tokens)), True)
+                step, stand_ins = (batch, draw(batch, self.runner.decode(batch, input_ids=tokens)), True), True
                 self.num_steps_run_ahead += 1
-            finished = self.scheduler.postprocess(batch, on_host(), replace_last=step is not None)
+            elif self.run_ahead and not was_decode and self.scheduler.next_is_prefill():
+                # the next step prefills other, waiting sequences: its inputs are packed while this one runs
+                step = launch(*self.scheduler.schedule())
+                self.num_steps_run_ahead += 1
+            finished = self.scheduler.postprocess(batch, on_host(), replace_last=stand_ins)
             if progress is not None and finished:
                 progress(len(finished))
         return [s.completion_token_ids for s in seqs]

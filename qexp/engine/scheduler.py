@@ -77,6 +77,13 @@ class Scheduler:
         needed = sum(max(0, (len(s) + bs) // bs - len(s.block_table)) for s in batch)  # blocks at len + 1
         return needed <= self.block_manager.num_free_blocks
 
+    def next_is_prefill(self) -> bool:
+        """Whether schedule() would now return a prefill (its first waiting sequence fits in tokens and blocks):
+        one that needs nothing from the step before, so it may be launched before that step's tokens are read."""
+        seq = self.waiting[0] if self.waiting else None
+        return (seq is not None and len(seq) <= self.max_num_batched_tokens
+                and self.block_manager.can_allocate(seq))
+
     def preempt(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
         self.block_manager.deallocate(seq)
