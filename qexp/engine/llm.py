@@ -125,7 +125,10 @@ class LLM:
                 self.num_steps_run_ahead += 1
             elif self.run_ahead and not was_decode and self.scheduler.next_is_prefill():
                 # the next step prefills other, waiting sequences: its inputs are packed while this one runs
-                step = launch(*self.scheduler.schedule())
+                nxt, is_prefill = self.scheduler.schedule()
+                if not is_prefill:
+                    raise RuntimeError("internal: a prefill run ahead must prefill waiting sequences")
+                step = launch(nxt, True)
                 self.num_steps_run_ahead += 1
             finished = self.scheduler.postprocess(batch, on_host(), replace_last=stand_ins)
             if progress is not None and finished:
