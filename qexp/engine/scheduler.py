@@ -33,7 +33,7 @@ class Scheduler:
         num_tokens = 0
         while self.waiting and len(scheduled) < self.max_num_seqs:
             seq = self.waiting[0]
-            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+            if not self._fits(seq, num_tokens):
                 break
             self.block_manager.allocate(seq, max_cached_tokens=first_output_position(seq))
             num_tokens += len(seq) - seq.num_cached_tokens
@@ -80,9 +80,11 @@ class Scheduler:
     def next_is_prefill(self) -> bool:
         """Whether schedule() would now return a prefill (its first waiting sequence fits in tokens and blocks):
         one that needs nothing from the step before, so it may be launched before that step's tokens are read."""
-        seq = self.waiting[0] if self.waiting else None
-        return (seq is not None and len(seq) <= self.max_num_batched_tokens
-                and self.block_manager.can_allocate(seq))
+        return bool(self.waiting) and self._fits(self.waiting[0], 0)
+
+    def _fits(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether a waiting sequence joins a prefill batch already holding num_tokens tokens."""
+        return num_tokens + len(seq) <= self.max_num_batched_tokens and self.block_manager.can_allocate(seq)
 
     def preempt(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
