@@ -100,25 +100,43 @@ def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, eps, keep, NH: tl.constexp
 
 @triton.jit
 def _qk_norm_rope_kernel(q_ptr, k_ptr, v_ptr, q_out, k_out, v_out, slot_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
-                         q_row, k_row, v_row, eps, H: tl.constexpr, KV: tl.constexpr, H_PAD: tl.constexpr,
-                         KV_PAD: tl.constexpr, D: tl.constexpr, TO_CACHE: tl.constexpr, PDL: tl.constexpr):
+                         q_row, k_row, v_row, eps, H: tl.constexpr, KV: tl.constexpr, QH: tl.constexpr,
+                         KH: tl.constexpr, D: tl.constexpr, TO_CACHE: tl.constexpr, PDL: tl.constexpr):
     pdl.start(PDL)
-    t = tl.program_id(0).to(tl.int64)  # one token: all its q and k heads
+    # one token, a part of its heads: parts below H // QH take QH q heads each, the rest KH k heads (and v);
+    # several short programs instead of one long one, which batch-1 decode waits for
+    t = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
     half = tl.arange(0, D // 2)
     c1 = tl.load(cos_ptr + t * D + half).to(tl.float32)[None, :]
     c2 = tl.load(cos_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
     s1 = tl.load(sin_ptr + t * D + half).to(tl.float32)[None, :]
     s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
-    _norm_rope_heads(q_ptr + t * q_row, q_out + t * H * D, qw_ptr, c1, c2, s1, s2, eps, True, H, H_PAD, D)
-    if TO_CACHE:  # k and v go straight to their cache slot; padded decode rows carry slot -1 and store nothing
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        _norm_rope_heads(k_ptr + t * k_row, k_out + slot * KV * D, kw_ptr, c1, c2, s1, s2, eps, slot >= 0,
-                         KV, KV_PAD, D)
-        offs = tl.arange(0, KV_PAD * D)
-        vmask = (offs < KV * D) & (slot >= 0)
-        tl.store(v_out + slot * KV * D + offs, tl.load(v_ptr + t * v_row + offs, mask=vmask), mask=vmask)
+    if part < H // QH:
+        h0 = part * QH * D
+        _norm_rope_heads(q_ptr + t * q_row + h0, q_out + t * H * D + h0, qw_ptr, c1, c2, s1, s2, eps, True, QH, QH,
+                         D)
     else:
-        _norm_rope_heads(k_ptr + t * k_row, k_out + t * KV * D, kw_ptr, c1, c2, s1, s2, eps, True, KV, KV_PAD, D)
+        h0 = (part - H // QH) * KH * D
+        if TO_CACHE:  # k and v go straight to their cache slot; padded decode rows carry slot -1 and store nothing
+            slot = tl.load(slot_ptr + t).to(tl.int64)
+            _norm_rope_heads(k_ptr + t * k_row + h0, k_out + slot * KV * D + h0, kw_ptr, c1, c2, s1, s2, eps,
+                             slot >= 0, KH, KH, D)
+            offs = tl.arange(0, KH * D)
+            vmask = (offs < KH * D) & (slot >= 0)
+            tl.store(v_out + slot * KV * D + h0 + offs, tl.load(v_ptr + t * v_row + h0 + offs, mask=vmask),
+                     mask=vmask)
+        else:
+            _norm_rope_heads(k_ptr + t * k_row + h0, k_out + t * KV * D + h0, kw_ptr, c1, c2, s1, s2, eps, True,
+                             KH, KH, D)
+
+
+def _heads_per_program(n: int, most: int) -> int:
+    """Largest power of two <= most that divides n heads."""
+    p = most
+    while n % p:
+        p //= 2
+    return p
 
 
 def rows_view(x: torch.Tensor) -> torch.Tensor:
@@ -148,10 +166,11 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Te
     else:
         k_out = torch.empty((T, KV, D), device=k.device, dtype=k.dtype)
         v, v_out, slots = k, k_out, cos  # unused
-    _qk_norm_rope_kernel[(T,)](q, k, v, q_out, k_out, v_out, slots, q_norm.weight, k_norm.weight, cos.contiguous(),
-                               sin.contiguous(), q.stride(0), k.stride(0), v.stride(0), q_norm.variance_epsilon,
-                               H=H, KV=KV, H_PAD=triton.next_power_of_2(H), KV_PAD=triton.next_power_of_2(KV), D=D,
-                               TO_CACHE=to_cache, num_warps=4, **pdl.launch(q.device))
+    qh, kh = _heads_per_program(H, 4), _heads_per_program(KV, 4)
+    _qk_norm_rope_kernel[(T, H // qh + KV // kh)](
+        q, k, v, q_out, k_out, v_out, slots, q_norm.weight, k_norm.weight, cos.contiguous(), sin.contiguous(),
+        q.stride(0), k.stride(0), v.stride(0), q_norm.variance_epsilon, H=H, KV=KV, QH=qh, KH=kh, D=D,
+        TO_CACHE=to_cache, num_warps=4, **pdl.launch(q.device))
     return q_out, (None if to_cache else k_out)
 
 

@@ -96,7 +96,7 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
 def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr, bt_ptr, bt_stride, scale,
                    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
-    pdl.start(PDL)
+    pdl.launch_next(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -105,17 +105,32 @@ def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr,
     offs_d = tl.arange(0, D)
     g_mask = offs_g < GROUP
     heads = kvh * GROUP + offs_g
-    q = tl.load(q_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :], mask=g_mask[:, None],
-                other=0.0)
-    ctx = tl.load(ctx_ptr + b)
+    ctx = tl.load(ctx_ptr + b)  # context lengths and block tables are the step's inputs, not a kernel's output
     chunk = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
     lo = split * chunk
     hi = tl.minimum(ctx, lo + chunk)
+    last = ctx - 1  # the new token: its k/v are stored by the kernel before this one (qk_norm_rope)
+    # the first tile's older keys are constant during this step: fetched before waiting for that kernel
+    k_pos = lo + tl.arange(0, BLOCK_N)
+    k_mask = k_pos < hi
+    k, v = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_mask & (k_pos != last), kvh, offs_d, KV, D,
+                    BLOCK_SIZE, True)
+    pdl.wait(PDL)
+    q = tl.load(q_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :], mask=g_mask[:, None],
+                other=0.0)
+    if (last >= lo) & (last < lo + BLOCK_N) & (last < hi):
+        is_new = k_pos == last
+        k_new, v_new = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, is_new, kvh, offs_d, KV, D,
+                                BLOCK_SIZE, True)
+        k = tl.where(is_new[:, None], k_new, k)
+        v = tl.where(is_new[:, None], v_new, v)
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D], tl.float32)
     qk_scale = scale * 1.4426950408889634
-    for n0 in range(lo, hi, BLOCK_N):
+    s = tl.where(k_mask[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+    m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    for n0 in range(lo + BLOCK_N, hi, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
         k_mask = k_pos < hi
         k, v = _kv_tile(k_cache, v_cache, bt_ptr, b, bt_stride, k_pos, k_mask, kvh, offs_d, KV, D, BLOCK_SIZE, True)
