@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--json", default="benchmarks/kernels.json")
     ap.add_argument("--md", default=None, help="also write the markdown table here")
     ap.add_argument("--ms", default=",".join(map(str, MS)))
+    ap.add_argument("--shapes", default=None,
+                    help="comma list of KxN (default: the layer shapes; 2048x151936 is Qwen3-1.7B's lm_head)")
     ap.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--backend", default=None,
                     help="with --tune: try only this backend's candidates against the current tuned choice")
@@ -129,6 +131,7 @@ def main():
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")
     args = ap.parse_args()
     ms = [int(m) for m in args.ms.split(",")]
+    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rs = [r for r in recipes() if args.recipes is None or r["name"] in args.recipes.split(",")]
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name()
@@ -150,11 +153,11 @@ def main():
             return cands
         return current
 
-    plan = [(r, c, k, m) for r in rs for (k, n) in SHAPES for m in ms for c in plan_cfgs(r, k, n, m)]
+    plan = [(r, c, k, m) for r in rs for (k, n) in shapes for m in ms for c in plan_cfgs(r, k, n, m)]
     precompile(plan, args.workers)
     results = []
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for (k, n) in SHAPES:
+    for (k, n) in shapes:
         w = torch.randn(n, k, device=dev, generator=gen, dtype=torch.bfloat16) / math.sqrt(k)
         quant = {r["name"]: quantize(w, r) for r in rs}
         for m in ms:
@@ -235,7 +238,7 @@ def markdown(results: list[dict], ms: list[int]) -> str:
     lines = ["| recipe | K->N | " + " | ".join(f"M={m}" for m in ms) + " |",
              "|---|---|" + "---|" * len(ms)]
     by = {(x["recipe"], x["K"], x["N"], x["M"]): x for x in results}
-    shapes = sorted({(x["K"], x["N"]) for x in results}, key=SHAPES.index)
+    shapes = sorted({(x["K"], x["N"]) for x in results}, key=lambda s: SHAPES.index(s) if s in SHAPES else len(SHAPES))
     for k, n in shapes:
         cells = [f"{by[(results[0]['recipe'], k, n, m)]['bf16_us']:.1f}us" if (results[0]["recipe"], k, n, m) in by
                  else "" for m in ms]

@@ -1,0 +1,112 @@
+"""Batch-1 decode, where the time goes (dummy Qwen3-1.7B weights):
+
+    python scripts/bs1_breakdown.py --recipes bf16,int8-row --out bs1.json [--ablate]
+
+Per recipe: generate() tok/s for a one-token prompt and 1000 new tokens (as bench_engine's batch-1 figure), and the
+GPU time of one graph-replayed step at a context of ~504 tokens (300 replays between CUDA events, no host work).
+--ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
+the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
+is what that part costs in wall time (timing only: the outputs are garbage).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import types
+import warnings
+
+import torch
+
+from qexp.engine import LLM, SamplingParams
+from qexp.engine import kernels as K
+from qexp.models.loader import load_model
+
+
+def replay_us(llm: LLM, n: int = 300) -> float:
+    graph, _ = llm.runner.graphs[1]
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / n
+
+
+def recaptured_replay_us(llm: LLM) -> float | str:
+    """Replay time of a fresh batch-1 graph at context ~504 (a new pool: the old graphs' memory is let go)."""
+    llm.runner.graphs.clear()
+    llm.runner.graph_pool = None
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm.generate([[7] * 500], SamplingParams(max_tokens=4, ignore_eos=True))
+    if 1 not in llm.runner.graphs:
+        llm.runner.use_graphs = True
+        return "capture failed: " + "; ".join(str(w.message)[:200] for w in caught)
+    return replay_us(llm)
+
+
+NO_OPS = {  # part -> kernels replaced by no-ops
+    "attention": {"paged_attention": lambda q, kc, vc, meta, scale: q},
+    "qk_norm_rope": {"qk_norm_rope": lambda q, k, qn, kn, cos, sin, v, kc, vc, slots: (q, None)},
+    "norms": {"rms_norm": lambda x, norm, residual=None, quant=None: (x, x if residual is None else residual)},
+    "silu_mul": {"silu_mul": lambda gate, up, quant=None: up},
+}
+
+
+def measure(llm: LLM, model, ablate: bool) -> dict:
+    llm.generate([[5]], SamplingParams(max_tokens=8, ignore_eos=True))
+    res = {"generate_tok_s": []}
+    for rep in range(3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = llm.generate([[11 + rep]], SamplingParams(max_tokens=1000, ignore_eos=True))
+        torch.cuda.synchronize()
+        res["generate_tok_s"].append(len(out[0]) / (time.perf_counter() - t0))
+    res["replay_us"] = recaptured_replay_us(llm)
+    if not ablate:
+        return res
+    for part, over in NO_OPS.items():
+        llm.runner.kernels = types.SimpleNamespace(**{k: getattr(K, k) for k in K.__all__} | over)
+        res[f"replay_us_no_{part}"] = recaptured_replay_us(llm)
+    llm.runner.kernels = K
+    lm_head, model.lm_head = model.lm_head, torch.nn.Identity()
+    res["replay_us_no_lm_head"] = recaptured_replay_us(llm)
+    model.lm_head = lm_head
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="configs/models/qwen3-1.7b")
+    ap.add_argument("--recipes", default="bf16,int8-row")
+    ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--out", default="benchmarks/bs1_breakdown.json")
+    args = ap.parse_args()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "config": vars(args)}
+    for recipe in args.recipes.split(","):
+        model = load_model(args.model, "dummy", "cuda", 0)
+        if recipe != "bf16":
+            from qexp.config import RunConfig
+            from qexp.quant.apply import quantize_model
+            dtype, quant = recipe.removesuffix("+head").split("-")
+            calib = [torch.randint(0, 150000, (1, 512)).cuda() for _ in range(4)] if quant == "smooth" else None
+            quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
+                                            include_lm_head=recipe.endswith("+head")).validate(),
+                           calibration_batches=calib)
+        llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
+        result[recipe] = measure(llm, model, args.ablate)
+        print(recipe, json.dumps(result[recipe]), flush=True)
+        del llm, model
+        torch.cuda.empty_cache()
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
