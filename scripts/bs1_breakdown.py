@@ -7,10 +7,13 @@ GPU time of one graph-replayed step at a context of ~504 tokens (300 replays bet
 --ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
 the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
 is what that part costs in wall time (timing only: the outputs are garbage).
+--splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
+overridden at batch 1, graphs recaptured), keys "<recipe> splits<n>".
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 import types
@@ -86,6 +89,7 @@ def main() -> None:
     ap.add_argument("--model", default="configs/models/qwen3-1.7b")
     ap.add_argument("--recipes", default="bf16,int8-row")
     ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--splits", default=None, help="comma list of batch-1 split-KV counts to time")
     ap.add_argument("--out", default="benchmarks/bs1_breakdown.json")
     args = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "config": vars(args)}
@@ -102,6 +106,15 @@ def main() -> None:
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
         result[recipe] = measure(llm, model, args.ablate)
         print(recipe, json.dumps(result[recipe]), flush=True)
+        attention = importlib.import_module("qexp.engine.kernels.paged_attention")
+        default_splits = attention.decode_splits
+        for n in [int(v) for v in args.splits.split(",")] if args.splits else []:
+            attention.decode_splits = lambda b, kv, sms, n=n: n if b == 1 else default_splits(b, kv, sms)
+            llm.runner.graphs.clear()
+            llm.runner.graph_pool = None
+            result[f"{recipe} splits{n}"] = measure(llm, model, False)
+            print(recipe, "splits", n, json.dumps(result[f"{recipe} splits{n}"]), flush=True)
+        attention.decode_splits = default_splits
         del llm, model
         torch.cuda.empty_cache()
         with open(args.out, "w") as f:
