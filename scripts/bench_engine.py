@@ -45,6 +45,19 @@ def _prompt_sets(n: int, length: int, seed: int, repeats: int = 1) -> list[list[
     return [_prompts(n, length, seed + 1000 * r) for r in range(repeats)]
 
 
+def quantize_recipe(model, recipe: str) -> None:
+    """Quantize a (dummy-weight) model in place by a recipe name "<dtype>-<quant>[+head]", real mode; +head also
+    quantizes lm_head (RunConfig.include_lm_head)."""
+    from qexp.config import RunConfig
+    from qexp.quant.apply import quantize_model
+    dtype, quant = recipe.removesuffix("+head").split("-")
+    # SmoothQuant calibrates on token batches; random ids suit dummy weights (only timing is measured)
+    device = model.lm_head.weight.device
+    calib = [torch.tensor(p, device=device)[None] for p in _prompts(4, 512, 11)] if quant == "smooth" else None
+    quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
+                                    include_lm_head=recipe.endswith("+head")).validate(), calibration_batches=calib)
+
+
 def bench_engine(llm: LLM, args, tag: str) -> dict:
     res = {}
     if "prefill" in args.sections:
@@ -178,16 +191,8 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         model = load_model(args.model, "dummy", "cuda", 0)
         if recipe != "bf16":
-            from qexp.config import RunConfig
-            from qexp.quant.apply import quantize_model
-            # "<dtype>-<quant>[+head]": +head also quantizes lm_head (RunConfig.include_lm_head)
-            dtype, quant = recipe.removesuffix("+head").split("-")
-            # SmoothQuant calibrates on token batches; random ids suit dummy weights (only timing is measured)
-            calib = [torch.tensor(p, device="cuda")[None] for p in _prompts(4, 512, 11)] if quant == "smooth" else None
             try:
-                quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
-                                                include_lm_head=recipe.endswith("+head")).validate(),
-                               calibration_batches=calib)
+                quantize_recipe(model, recipe)
             except Exception as e:  # noqa: BLE001 - recorded, the other recipes still run
                 result["engine"][recipe] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"[{recipe}] quantization failed: {e}", flush=True)

@@ -20,6 +20,7 @@ import types
 import warnings
 
 import torch
+from bench_engine import quantize_recipe  # scripts/, beside this file
 
 from qexp.engine import LLM, SamplingParams
 from qexp.engine import kernels as K
@@ -96,13 +97,7 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         model = load_model(args.model, "dummy", "cuda", 0)
         if recipe != "bf16":
-            from qexp.config import RunConfig
-            from qexp.quant.apply import quantize_model
-            dtype, quant = recipe.removesuffix("+head").split("-")
-            calib = [torch.randint(0, 150000, (1, 512)).cuda() for _ in range(4)] if quant == "smooth" else None
-            quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
-                                            include_lm_head=recipe.endswith("+head")).validate(),
-                           calibration_batches=calib)
+            quantize_recipe(model, recipe)
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
         result[recipe] = measure(llm, model, args.ablate)
         print(recipe, json.dumps(result[recipe]), flush=True)
