@@ -94,6 +94,11 @@ def test_k_tiles_fit_k_and_the_scale_groups():
     gemv = configs._gemv(4, 1, 1024)
     assert configs.spans_groups(gemv) and not configs.spans_groups(configs._gemv(16, 4, 128))
     assert gemv in configs.candidates("w8a16-int8-group64", 1)
+    gl = configs._gemv_gl(8, 1024)
+    assert configs.spans_groups(gl) and gl in configs.candidates("w8a16-fp8-group64", 1)
+    # weight-only, one token: never offered to W8A8 or to larger buckets
+    assert all(c["backend"] != "gemv_gl" for c in configs.candidates("w8a8-int8", 1) + configs.candidates(
+        "w8a16-int8-row", 16))
 
 
 def test_tuned_table_is_complete_and_used():
@@ -382,6 +387,63 @@ def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
     assert _rel(out, ref) < TOL
 
 
+GEMV_GL = [configs._gemv_gl(8, 512), configs._gemv_gl(8, 1024, prefetch=2), configs._gemv_gl(16, 512, warps=8),
+           configs._gemv_gl(4, 1024, prefetch=2), configs._gemv_gl(16, 256), configs._gemv_gl(8, 2048)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", GEMV_GL, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+@pytest.mark.parametrize("k", [2048, 6144, 1040])  # 1040: K tiles shrink to 16 bytes, several rows per warp
+def test_gluon_gemv_matches_reference(cfg, dtype, gran, gs, k):
+    """The one-token Gluon GEMV: N = 1040 (edge rows masked), a bias, K tiles spanning several scale groups."""
+    from qexp.kernels import fused
+    if gs is not None and k % gs:
+        pytest.skip("K not a whole number of groups")
+    gen = torch.Generator(device="cuda").manual_seed(k + (gs or 3))
+    n = 1040
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
+    assert _rel(out, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_gluon_gemv_conversion_is_exact_for_every_byte(dtype):
+    """The GEMV's int8 byte-permute convert and its e4m3 convert are exact for all 256 codes (NaN codes excluded):
+    x one-hot at column j makes out the dequantized column j of the weight."""
+    from qexp.kernels import fused
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    if dtype == "fp8":
+        codes = codes[~codes.view(torch.float8_e4m3fn).float().isnan()]
+    n, k = 256, 512  # row r holds codes r, r+1, ... (cyclically): column 0 sees every code
+    idx = (torch.arange(k)[None, :] + torch.arange(n)[:, None]) % len(codes)
+    w = codes[idx].view(torch.int8 if dtype == "int8" else torch.float8_e4m3fn).cuda()
+    s = torch.ones(n, device="cuda")
+    for j in (0, 1, 2, 3, 17, 511):  # every byte position of a 4-byte word
+        x = torch.zeros(1, k, device="cuda", dtype=torch.bfloat16)
+        x[0, j] = 1
+        out = fused.quantized_linear(x, w, s, config=configs._gemv_gl(8, 512))
+        assert torch.equal(out[0], w.float()[:, j].to(torch.bfloat16)), j
+
+
+@pytest.mark.gpu
+def test_gluon_gemv_config_beyond_one_token_runs_the_triton_gemv():
+    """On an offset x view (ragged N) it matches too; at M > 1 a gemv_gl config takes the same tile in
+    triton_qgemv."""
+    _assert_matches(configs._gemv_gl(8, 512), _ragged_case(1, "int8", "row", None, 5), None)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q, s = _quantized(512, 1024, "fp8", "row", None, gen)
+    x = torch.randn(2, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
+    from qexp.kernels import fused
+    out = fused.quantized_linear(x, q, s, config=configs._gemv_gl(8, 512))
+    assert _rel(out, reference.quantized_linear(x, q, s)) < TOL
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
 def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
@@ -400,7 +462,9 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs._skinny(64, 16, 128, split_k=4), "fp8", "group", 64, None),
              (configs._skinny(64, 16, 256), "int8", "row", None, None),
              (configs._rs(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
-             (configs._rs(128, 64, 64, warps=8), "fp8", "row", None, None)]
+             (configs._rs(128, 64, 64, warps=8), "fp8", "row", None, None),
+             (configs._gemv_gl(8, 512, prefetch=2), "int8", "row", None, None),
+             (configs._gemv_gl(16, 512, warps=8), "fp8", "group", 128, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
               for cfg, dt, gran, gs, act in kinds * 3]
 

@@ -75,6 +75,13 @@ def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
     return {**cfg, "PREFETCH": prefetch} if prefetch > 1 else cfg
 
 
+def _gemv_gl(bn, bk, warps=4, prefetch=1) -> dict:
+    """One-token Gluon GEMV config (gluon_gemv): BLOCK_N rows over num_warps warps, 16 bytes of K per thread.
+    Its keys are also a valid Triton GEMV config, the fallback where Gluon is missing."""
+    return {"backend": "gemv_gl", "BLOCK_N": bn, "BLOCK_M": 1, "BLOCK_K": bk, "SPLIT_K": 1, "num_warps": warps,
+            "num_stages": 3, "PREFETCH": prefetch}
+
+
 def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, span_groups: bool = False) -> int:
     """Largest BLOCK_K <= the config's that tiles K whole, with no tile straddling two scale groups; with
     span_groups (and a power-of-two group size) a tile may instead hold several whole groups."""
@@ -92,7 +99,8 @@ def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, spa
 def spans_groups(cfg: dict) -> bool:
     """The one-row GEMV and the skinny kernel take K tiles of several whole scale groups; every other kernel's
     tile lies in one group."""
-    return (cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1) or cfg.get("backend") == "skinny"
+    return ((cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1)
+            or cfg.get("backend") in ("skinny", "gemv_gl"))
 
 
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
@@ -138,6 +146,8 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 64, 64, swap=False), _triton(128, 256, 64, warps=8, stages=3),
                _triton(128, 128, 64, stages=4, swap=False)]
     out += _tma_candidates(b, a8)
+    if not a8 and b == 1:
+        out += _gemv_gl_candidates()
     if not a8:
         out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
@@ -185,6 +195,13 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
     return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
             _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
             _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
+
+
+def _gemv_gl_candidates() -> list[dict]:
+    """Rows per thread (BLOCK_N / warps) share one converted x tile; PREFETCH=2 puts a third tile in flight."""
+    return [_gemv_gl(4, 1024, prefetch=2), _gemv_gl(8, 512), _gemv_gl(8, 512, prefetch=2), _gemv_gl(8, 1024),
+            _gemv_gl(8, 1024, prefetch=2), _gemv_gl(16, 512), _gemv_gl(16, 512, warps=8, prefetch=2),
+            _gemv_gl(16, 1024, warps=8), _gemv_gl(32, 512, warps=8), _gemv_gl(16, 256), _gemv_gl(8, 2048)]
 
 
 def _skinny_candidates(b: int) -> list[dict]:

@@ -5,6 +5,7 @@
   gluon_rs    W8A16 for M >= 64: wgmma with the weight converted in its operand registers (gluon_w8a16_rs)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
+  gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv)
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
 W8A8 outside gemv quantizes activations with one fused per-token kernel (triton_act_quant) first.
@@ -35,6 +36,11 @@ try:  # Gluon's mma.sync and Hopper TMA; else skinny configs take the heuristic'
     from qexp.kernels import gluon_skinny
 except ImportError:
     gluon_skinny = None
+
+try:  # the one-token Gluon GEMV; else gemv_gl configs run as the Triton GEMV
+    from qexp.kernels import gluon_gemv
+except ImportError:
+    gluon_gemv = None
 
 try:  # the register-operand wgmma kernel (shares gluon_skinny's helpers); else gluon_rs configs run as tma
     from qexp.kernels import gluon_w8a16_rs
@@ -89,6 +95,9 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             and gluon_skinny.supported(k, group_size if w_scale.dim() == 2 else None)
             and triton_qmm_tma is not None and triton_qmm_tma.supported(x2, w_q)):
         cfg = configs.heuristic(kind, n, k, m)
+    if cfg["backend"] == "gemv_gl" and not (gluon_gemv is not None and act_dtype is None and m == 1
+                                            and x.dtype == torch.bfloat16):
+        cfg = {**cfg, "backend": "gemv"}  # the same tile in the Triton GEMV
     if cfg["backend"] in ("gluon", "gluon_rs") and (
             {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs}[cfg["backend"]] is None or act_dtype is not None
             or x.dtype != torch.bfloat16):
@@ -107,6 +116,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = gluon_w8a16.w8a16_gluon(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "gluon_rs":
             out = gluon_w8a16_rs.w8a16_rs(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
+        elif cfg["backend"] == "gemv_gl":
+            out = gluon_gemv.gemv(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "skinny":
             out = gluon_skinny.w8a16_skinny(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         else:

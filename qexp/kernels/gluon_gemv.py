@@ -1,0 +1,114 @@
+"""Weight-only W8A16 GEMV for one decode token (M = 1), written in Gluon so that every layout is chosen by hand.
+
+out[n] = sum_k x[k] * dequant(w_q)[n, k] for x bf16 (1, K) and w_q int8 / fp8 (N, K); tensor-, row- or group-wise
+scales. The Triton GEMV (triton_qgemv) spends ~6 instructions per weight byte at M = 1: Triton loads x in a layout
+of its own and moves it through shared memory into the weight tile's layout every K step (two barriers per step,
+which keep a program's warps in lock step), and converts int8 one byte at a time. Here:
+  - a weight tile (BLOCK_N, BLOCK_K) is 16 consecutive bytes of K per thread (one 128-bit load), a warp spans
+    512 bytes of one row, warps and repeats stack rows; x is loaded straight in the slice of that layout, so each
+    thread converts its 16 x values once for all of its rows, with no shared memory and no barrier in the loop;
+  - int8 -> fp32 takes one byte permute per element, which sets the byte under fp32 2^23's exponent (sign flipped
+    once per 4 bytes), and one subtraction; e4m3 goes through the f16x2 converter;
+  - the next PREFETCH weight tiles are loaded while the current one is multiplied; with PDL the first ones are
+    requested before waiting for the kernel that writes x (weights are constant);
+  - group-wise scales: a K tile spans whole groups; each group's partial dot product is scaled once per row.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from qexp.kernels import pdl
+from qexp.kernels.gluon_w8a16 import _gdc_launch_dependents, _gdc_wait
+from qexp.kernels.triton_common import scale_layout
+
+# int8x4 -> 4 fp32 with the value + 2^23 + 128 (exact): flip the sign bits, then put each byte under 0x4B000000
+_I8_MAGIC_ASM = gl.constexpr("""{
+.reg .b32 t, c;
+xor.b32 t, $4, 0x80808080;
+mov.b32 c, 0x4B000000;
+prmt.b32 $0, t, c, 0x7440;
+prmt.b32 $1, t, c, 0x7441;
+prmt.b32 $2, t, c, 0x7442;
+prmt.b32 $3, t, c, 0x7443;
+}""")
+_I8_OFFSET = gl.constexpr(8388736.0)  # 2^23 + 128
+
+
+@gluon.jit
+def _to_f32(w):
+    if w.dtype == gl.int8:
+        f = gl.inline_asm_elementwise(_I8_MAGIC_ASM, "=r,=r,=r,=r,r", [w], dtype=gl.float32, is_pure=True, pack=4)
+        return f - _I8_OFFSET
+    return w.to(gl.float16).to(gl.float32)
+
+
+@gluon.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_wsn, stride_wsg,
+                 K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr,
+                 BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, PDL: gl.constexpr,
+                 num_warps: gl.constexpr):
+    if PDL:
+        _gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
+    tpw_k: gl.constexpr = min(32, BLOCK_K // 16)
+    layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // tpw_k, tpw_k],
+                                            warps_per_cta=[num_warps, 1], order=[1, 0])
+    off_n = gl.program_id(0) * BLOCK_N
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+    offs_n_ld = offs_n % N
+    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
+    w_ptrs = w_ptr + offs_n_ld[:, None].to(gl.int64) * stride_wn + offs_k[None, :]
+    K_TILES: gl.constexpr = K // BLOCK_K
+    # K is a constexpr and the loop unrolled, so the weight tiles in flight stay in the registers they were loaded
+    # into (a loop-carried int8 tile is held one byte per register and repacked for the convert)
+    w_cur = gl.load(w_ptrs)
+    if PREFETCH >= 2 and K_TILES > 1:
+        w_nxt = gl.load(w_ptrs + BLOCK_K)
+    if PDL:
+        _gdc_wait()  # x is the previous kernel's output
+    acc = gl.zeros((BLOCK_N, BLOCK_K), dtype=gl.float32, layout=layout)
+    for i in gl.static_range(K_TILES):
+        x = gl.load(x_ptr + i * BLOCK_K + offs_k).to(gl.float32)
+        if PREFETCH >= 2:
+            if i + 2 < K_TILES:
+                w_far = gl.load(w_ptrs + (i + 2) * BLOCK_K)
+        elif i + 1 < K_TILES:
+            w_nxt = gl.load(w_ptrs + (i + 1) * BLOCK_K)
+        prod = _to_f32(w_cur) * x[None, :]
+        if GROUPED:  # K tiles hold whole groups: one scale per (row, group), broadcast over the group's bytes
+            g = (i * BLOCK_K + offs_k) // GROUP_SIZE
+            prod = prod * gl.load(ws_ptr + offs_n_ld[:, None] * stride_wsn + g[None, :] * stride_wsg)
+        acc += prod
+        if i + 1 < K_TILES:
+            w_cur = w_nxt
+        if PREFETCH >= 2 and i + 2 < K_TILES:
+            w_nxt = w_far
+    out = gl.sum(acc, axis=1)
+    if not GROUPED:
+        out = out * gl.load(ws_ptr + offs_n_ld * stride_wsn)
+    if HAS_BIAS:
+        out += gl.load(bias_ptr + offs_n_ld).to(gl.float32)
+    gl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+def gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
+         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (1, K) bf16, w_q (N, K) int8 / fp8 contiguous, K % 16 == 0; cfg: BLOCK_N, BLOCK_K, num_warps, PREFETCH
+    (BLOCK_K shrinks to tile K whole, BLOCK_N grows to what one warp covers, warps shrink to what BLOCK_N fills).
+    Returns (1, N) in x's dtype."""
+    n, k = w_q.shape
+    bk = cfg["BLOCK_K"]
+    while k % bk:
+        bk //= 2
+    rows_per_warp = 32 // min(32, bk // 16)
+    bn = max(cfg["BLOCK_N"], rows_per_warp)
+    warps = max(1, min(cfg["num_warps"], bn // rows_per_warp))
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
+    out = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    _gemv_kernel[(triton.cdiv(n, bn),)](
+        x, w_q, out, w_scale, bias if bias is not None else w_scale, n, w_q.stride(0), stride_wsn, stride_wsg,
+        K=k, GROUP_SIZE=group_size if grouped else k, GROUPED=grouped, HAS_BIAS=bias is not None, BLOCK_N=bn,
+        BLOCK_K=bk, PREFETCH=cfg.get("PREFETCH", 1), num_warps=warps, **pdl.launch(x.device))
+    return out
