@@ -71,6 +71,8 @@ class LLM:
         self.device = self.runner.device
         self.run_ahead = run_ahead
         self.num_steps_run_ahead = 0
+        self._token_copies: list[tuple[torch.Tensor, torch.cuda.Event]] = []  # see _start_copy_to_host
+        self._num_token_copies = 0
 
     @property
     def num_kvcache_blocks(self) -> int:
@@ -99,7 +101,7 @@ class LLM:
 
         def draw(batch, logits):  # sampled tokens on the device, and their copy on its way to the host
             tokens = sample(logits, [temps[s.seq_id] for s in batch], [top_ps[s.seq_id] for s in batch], generator)
-            return tokens, (_start_copy_to_host(tokens) if self.run_ahead else tokens.tolist)
+            return tokens, (self._start_copy_to_host(tokens) if self.run_ahead else tokens.tolist)
 
         def launch(batch, is_prefill):  # a step: (batch, draw(...), decode?)
             if is_prefill:
@@ -188,24 +190,29 @@ class LLM:
                 progress(len(batch))
         return [results[s.seq_id] for s in seqs]
 
+    def _start_copy_to_host(self, tokens: torch.Tensor) -> Callable[[], list[int]]:
+        """Queue the copy of sampled tokens to pinned host memory now; the returned call waits for that copy alone.
+        (`tokens.tolist()` would queue it behind whatever was launched since, such as a run-ahead decode step.)
+        Two pinned buffers are used in turn: generate() reads each step's tokens before it launches the step after
+        the next, so at most two copies are ever unread."""
+        if tokens.device.type != "cuda":
+            return tokens.tolist
+        if not self._token_copies:
+            self._token_copies = [(torch.empty(self.runner.max_num_seqs, dtype=torch.int64, pin_memory=True),
+                                   torch.cuda.Event()) for _ in range(2)]
+        host, done = self._token_copies[self._num_token_copies % 2]
+        self._num_token_copies += 1
+        n = tokens.shape[0]
+        host[:n].copy_(tokens, non_blocking=True)
+        done.record()
+
+        def read() -> list[int]:
+            done.synchronize()
+            return host[:n].tolist()
+        return read
+
     def _check_request(self, i: int, token_ids: list[int]) -> None:
         if len(token_ids) == 0:
             raise EngineError(f"request {i} is empty")
         if len(token_ids) > self.max_model_len:
             raise EngineError(f"request {i} has {len(token_ids)} tokens > max_model_len ({self.max_model_len})")
-
-
-def _start_copy_to_host(tokens: torch.Tensor) -> Callable[[], list[int]]:
-    """Queue the copy of sampled tokens to pinned host memory now; the returned call waits for that copy alone.
-    (`tokens.tolist()` would queue it behind whatever was launched since, such as a run-ahead decode step.)"""
-    if tokens.device.type != "cuda":
-        return tokens.tolist
-    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-    host.copy_(tokens, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-
-    def read() -> list[int]:
-        done.synchronize()
-        return host.tolist()
-    return read

@@ -74,17 +74,15 @@ def _quant_args(quant: str | None) -> dict:
 
 
 @triton.jit
-def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, eps, keep, NH: tl.constexpr, NH_PAD: tl.constexpr,
-                     D: tl.constexpr):
-    """RMSNorm over D then rotary, for the NH heads of one token row src -> dst (contiguous heads): a
-    (NH_PAD, D/2) tile per half. Stores only if keep."""
-    heads = tl.arange(0, NH_PAD)
+def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, eps, keep, NH: tl.constexpr, D: tl.constexpr):
+    """RMSNorm over D then rotary, for the NH heads (a power of two) of one token row src -> dst (contiguous
+    heads): an (NH, D/2) tile per half. Stores only if keep."""
+    heads = tl.arange(0, NH)
     half = tl.arange(0, D // 2)
-    mask = (heads < NH)[:, None]
     col = heads[:, None] * D + half[None, :]
     src, dst = src + col, dst + col
-    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + D // 2, mask=mask, other=0.0).to(tl.float32)
+    x1 = tl.load(src).to(tl.float32)
+    x2 = tl.load(src + D // 2).to(tl.float32)
     dt = dst.dtype.element_ty
     r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
     w1 = tl.load(w_ptr + half).to(tl.float32)[None, :]
@@ -94,8 +92,8 @@ def _norm_rope_heads(src, dst, w_ptr, c1, c2, s1, s2, eps, keep, NH: tl.constexp
     # HF: q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-q2, q1), each product rounded
     y1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
     y2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    tl.store(dst, y1.to(dt), mask=mask & keep)
-    tl.store(dst + D // 2, y2.to(dt), mask=mask & keep)
+    tl.store(dst, y1.to(dt), mask=keep)
+    tl.store(dst + D // 2, y2.to(dt), mask=keep)
 
 
 @triton.jit
@@ -114,21 +112,19 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, v_ptr, q_out, k_out, v_out, slot_ptr, qw_
     s2 = tl.load(sin_ptr + t * D + D // 2 + half).to(tl.float32)[None, :]
     if part < H // QH:
         h0 = part * QH * D
-        _norm_rope_heads(q_ptr + t * q_row + h0, q_out + t * H * D + h0, qw_ptr, c1, c2, s1, s2, eps, True, QH, QH,
-                         D)
+        _norm_rope_heads(q_ptr + t * q_row + h0, q_out + t * H * D + h0, qw_ptr, c1, c2, s1, s2, eps, True, QH, D)
     else:
         h0 = (part - H // QH) * KH * D
         if TO_CACHE:  # k and v go straight to their cache slot; padded decode rows carry slot -1 and store nothing
             slot = tl.load(slot_ptr + t).to(tl.int64)
             _norm_rope_heads(k_ptr + t * k_row + h0, k_out + slot * KV * D + h0, kw_ptr, c1, c2, s1, s2, eps,
-                             slot >= 0, KH, KH, D)
+                             slot >= 0, KH, D)
             offs = tl.arange(0, KH * D)
-            vmask = (offs < KH * D) & (slot >= 0)
-            tl.store(v_out + slot * KV * D + h0 + offs, tl.load(v_ptr + t * v_row + h0 + offs, mask=vmask),
-                     mask=vmask)
+            tl.store(v_out + slot * KV * D + h0 + offs, tl.load(v_ptr + t * v_row + h0 + offs, mask=slot >= 0),
+                     mask=slot >= 0)
         else:
             _norm_rope_heads(k_ptr + t * k_row + h0, k_out + t * KV * D + h0, kw_ptr, c1, c2, s1, s2, eps, True,
-                             KH, KH, D)
+                             KH, D)
 
 
 def _heads_per_program(n: int, most: int) -> int:
