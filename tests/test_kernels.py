@@ -388,7 +388,8 @@ def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
 
 
 GEMV_GL = [configs._gemv_gl(8, 512), configs._gemv_gl(8, 1024, prefetch=2), configs._gemv_gl(16, 512, warps=8),
-           configs._gemv_gl(4, 1024, prefetch=2), configs._gemv_gl(16, 256), configs._gemv_gl(8, 2048)]
+           configs._gemv_gl(4, 1024, prefetch=2), configs._gemv_gl(16, 256), configs._gemv_gl(8, 2048),
+           configs._gemv_gl(16, 512, warps=8, prefetch=2), configs._gemv_gl(32, 512, warps=8)]
 
 
 @pytest.mark.gpu

@@ -201,7 +201,8 @@ def _gemv_gl_candidates() -> list[dict]:
     """Rows per thread (BLOCK_N / warps) share one converted x tile; PREFETCH=2 puts a third tile in flight."""
     return [_gemv_gl(4, 1024, prefetch=2), _gemv_gl(8, 512), _gemv_gl(8, 512, prefetch=2), _gemv_gl(8, 1024),
             _gemv_gl(8, 1024, prefetch=2), _gemv_gl(16, 512), _gemv_gl(16, 512, warps=8, prefetch=2),
-            _gemv_gl(16, 1024, warps=8), _gemv_gl(32, 512, warps=8), _gemv_gl(16, 256), _gemv_gl(8, 2048)]
+            _gemv_gl(16, 1024, warps=8), _gemv_gl(32, 512, warps=8), _gemv_gl(16, 256), _gemv_gl(8, 2048),
+            _gemv_gl(16, 1024), _gemv_gl(32, 1024, warps=8), _gemv_gl(8, 1024, warps=2)]
 
 
 def _skinny_candidates(b: int) -> list[dict]:
