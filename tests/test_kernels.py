@@ -375,16 +375,19 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 @pytest.mark.parametrize("dtype,gran,gs", [r for r in RECIPES if r[1] == "group"] + [("int8", "row", None)])
 def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
     """The one-row GEMV's K tile holds several scale groups (one scale per row and group)."""
+    assert _one_token_rel(cfg, 1040, 2048, dtype, gran, gs, seed=gs or 1) < TOL
+
+
+def _one_token_rel(cfg, n, k, dtype, gran, gs, seed):
+    """cfg's output for one random token, with a bias, after freed memory was poisoned: error vs the reference."""
     from qexp.kernels import fused
-    gen = torch.Generator(device="cuda").manual_seed(gs or 1)
-    n, k = 1040, 2048
+    gen = torch.Generator(device="cuda").manual_seed(seed)
     q, s = _quantized(n, k, dtype, gran, gs, gen)
     x = torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
     bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
     ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
     torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-    out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
-    assert _rel(out, ref) < TOL
+    return _rel(fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg), ref)
 
 
 GEMV_GL = [configs._gemv_gl(8, 512), configs._gemv_gl(8, 1024, prefetch=2), configs._gemv_gl(16, 512, warps=8),
@@ -398,18 +401,9 @@ GEMV_GL = [configs._gemv_gl(8, 512), configs._gemv_gl(8, 1024, prefetch=2), conf
 @pytest.mark.parametrize("k", [2048, 6144, 1040])  # 1040: K tiles shrink to 16 bytes, several rows per warp
 def test_gluon_gemv_matches_reference(cfg, dtype, gran, gs, k):
     """The one-token Gluon GEMV: N = 1040 (edge rows masked), a bias, K tiles spanning several scale groups."""
-    from qexp.kernels import fused
     if gs is not None and k % gs:
         pytest.skip("K not a whole number of groups")
-    gen = torch.Generator(device="cuda").manual_seed(k + (gs or 3))
-    n = 1040
-    q, s = _quantized(n, k, dtype, gran, gs, gen)
-    x = torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
-    ref = reference.quantized_linear(x, q, s, group_size=gs, bias=bias)
-    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-    out = fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg)
-    assert _rel(out, ref) < TOL
+    assert _one_token_rel(cfg, 1040, k, dtype, gran, gs, seed=k + (gs or 3)) < TOL
 
 
 @pytest.mark.gpu
