@@ -8,10 +8,12 @@ which keep a program's warps in lock step), and converts int8 one byte at a time
     512 bytes of one row, warps and repeats stack rows; x is loaded straight in the slice of that layout, so each
     thread converts its 16 x values once for all of its rows, with no shared memory and no barrier in the loop;
   - int8 -> fp32 takes one byte permute per element, which sets the byte under fp32 2^23's exponent (sign flipped
-    once per 4 bytes), and one subtraction; e4m3 goes through the f16x2 converter;
+    once per 4 bytes), and one subtraction (an f16-magic and an I2FP variant ran no faster in the decode step,
+    BENCHMARKS.md 2026-12-01); e4m3 goes through the f16x2 converter;
   - the next PREFETCH weight tiles are loaded while the current one is multiplied; with PDL the first ones are
     requested before waiting for the kernel that writes x (weights are constant);
-  - group-wise scales: a K tile spans whole groups; each group's partial dot product is scaled once per row.
+  - group-wise scales: a K tile may span many groups; each product takes its (row, group) scale, loaded once per
+    16-byte run of a thread (groups are multiples of 16 wide).
 """
 from __future__ import annotations
 
