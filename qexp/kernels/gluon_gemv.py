@@ -22,7 +22,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from qexp.kernels import pdl
+from qexp.kernels import configs, pdl
 from qexp.kernels.gluon_w8a16 import _gdc_launch_dependents, _gdc_wait
 from qexp.kernels.triton_common import scale_layout
 
@@ -98,16 +98,14 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_w
 def gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
          bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, K) bf16, w_q (N, K) int8 / fp8 contiguous, K % 16 == 0; cfg: BLOCK_N, BLOCK_K, num_warps, PREFETCH
-    (BLOCK_K shrinks to tile K whole, BLOCK_N grows to what one warp covers, warps shrink to what BLOCK_N fills).
-    Returns (1, N) in x's dtype."""
+    (BLOCK_K shrinks to tile K whole as configs.fit_block_k has it, BLOCK_N grows to what one warp covers, warps
+    shrink to what BLOCK_N fills). Returns (1, N) in x's dtype."""
     n, k = w_q.shape
-    bk = cfg["BLOCK_K"]
-    while k % bk:
-        bk //= 2
+    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
+    bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=True)
     rows_per_warp = 32 // min(32, bk // 16)
     bn = max(cfg["BLOCK_N"], rows_per_warp)
     warps = max(1, min(cfg["num_warps"], bn // rows_per_warp))
-    grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     out = torch.empty((1, n), device=x.device, dtype=x.dtype)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, w_q, out, w_scale, bias if bias is not None else w_scale, n, w_q.stride(0), stride_wsn, stride_wsg,
