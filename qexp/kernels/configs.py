@@ -61,13 +61,11 @@ def _skinny(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
-def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, consumers=1) -> dict:
+def _rs(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
     """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
-    16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens; consumers=2: two such groups of `warps`
-    warps split each program's K tiles, each with a ring of `stages` tiles."""
-    cfg = {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-           "num_warps": warps, "num_stages": stages}
-    return {**cfg, "CONSUMERS": consumers} if consumers > 1 else cfg
+    16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens."""
+    return {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
 
 
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:

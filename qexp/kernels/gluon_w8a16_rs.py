@@ -92,8 +92,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-               PDL: gl.constexpr, num_warps: gl.constexpr, CONSUMERS: gl.constexpr = 1,
-               CONSUMER_REGS: gl.constexpr = 232, GROUP_M: gl.constexpr = 8):
+               PDL: gl.constexpr, num_warps: gl.constexpr, GROUP_M: gl.constexpr = 8):
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -110,49 +109,8 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     off_n = pid_n * BLOCK_N
     kt_begin = pid_k * tiles_per_split
 
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    if CONSUMERS == 1:
-        acc = _mainloop(x_desc, w_desc, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles_per_split,
-                        GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, num_warps)
-    else:
-        # two consumer warp groups, each with its own TMA ring, take the two halves of this split's K tiles and
-        # run unsynchronized, so one's convert chain overlaps the other's wgmma; the second hands its partial
-        # sum over shared memory
-        red = gl.allocate_shared_memory(gl.float32, [BLOCK_N, BLOCK_M], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        mbarrier.init(done, count=1)
-        first = (tiles_per_split + 1) // 2
-        acc = gl.warp_specialize([  # (the default partition's results come back as a tuple)
-            (_first_half, (x_desc, w_desc, ws_ptr, red, done, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin,
-                           first, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, num_warps)),
-            (_second_half, (x_desc, w_desc, ws_ptr, red, done, stride_wsn, stride_wsg, off_m, off_n, N,
-                            kt_begin + first, tiles_per_split - first, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N,
-                            BLOCK_K, STAGES, PDL, num_warps)),
-        ], [num_warps], [CONSUMER_REGS])[0]
-    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
-        _gdc_launch_dependents()
-
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
-                              mma)
-    if last:
-        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
-                 off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
-
-
-@triton.constexpr_function
-def _acc_layout(block_m, num_warps):
-    """wgmma accumulator of out.T: weight rows over the warps (64 per warp group), block_m tokens."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, block_m, 16])
-
-
-@gluon.jit
-def _mainloop(x_desc, w_desc, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles_per_split,
-              GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
-    """acc (out.T tile, fp32) over K tiles kt_begin .. kt_begin + tiles_per_split - 1 (>= 1) through a TMA ring
-    of its own."""
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
 
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
@@ -191,36 +149,18 @@ def _mainloop(x_desc, w_desc, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, k
         acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
     else:
         acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
+        _gdc_launch_dependents()
     for st in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(st))
 
-    return acc
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
+                              mma)
+    if last:
+        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
+                 off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
 
-
-@gluon.jit
-def _first_half(x_desc, w_desc, ws_ptr, red, done, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles,
-                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
-    """Default partition: its half of the K tiles, plus the second half's partial once that is in `red`."""
-    acc = _mainloop(x_desc, w_desc, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles, GROUPED,
-                    GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, num_warps)
-    mbarrier.wait(done, 0)
-    acc += red.load(_acc_layout(BLOCK_M, num_warps))
-    mbarrier.invalidate(done)
-    return (acc, )
-
-
-@gluon.jit
-def _second_half(x_desc, w_desc, ws_ptr, red, done, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles,
-                 GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
-    """Worker partition: the other half of the K tiles; its partial goes to `red`, then `done` is signalled
-    (after a barrier of this warp group: the arrive is one thread's)."""
-    acc = _mainloop(x_desc, w_desc, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin, tiles, GROUPED,
-                    GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, num_warps)
-    red.store(acc)
-    gl.thread_barrier()
-    mbarrier.arrive(done, count=1)
 
 @gluon.jit
 def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn, stride_wsg, off_m,
@@ -260,7 +200,5 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
     p = plan(x, w_q, w_scale, cfg, group_size, bias)
-    consumers = cfg.get("CONSUMERS", 1) if p.tiles_per_split >= 2 else 1
-    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, CONSUMERS=consumers,
-                       **p.constexprs)
+    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, **p.constexprs)
     return p.out
