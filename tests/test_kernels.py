@@ -356,7 +356,11 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
 @pytest.mark.parametrize("cfg", [configs._rs(64, 64, 128, stages=6), configs._rs(64, 64, 64, split_k=4, stages=8),
                                  configs._rs(128, 64, 64, warps=8, split_k=2, stages=6),
                                  configs._rs(128, 128, 64, warps=8, stages=5), configs._rs(128, 256, 64, warps=8),
-                                 configs._rs(256, 128, 64, warps=8)],
+                                 configs._rs(256, 128, 64, warps=8),
+                                 # a producer warp: ring deeper than a split, one tile per split, 8 consumer warps
+                                 configs._rs(64, 128, 128, stages=5, producer=True),
+                                 configs._rs(64, 64, 128, split_k=16, stages=2, producer=True),
+                                 configs._rs(128, 128, 64, warps=8, split_k=2, stages=6, producer=True)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])
@@ -457,6 +461,7 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs._skinny(64, 16, 256), "int8", "row", None, None),
              (configs._rs(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
              (configs._rs(128, 64, 64, warps=8), "fp8", "row", None, None),
+             (configs._rs(64, 128, 64, stages=4, producer=True), "int8", "group", 64, None),
              (configs._gemv_gl(8, 512, prefetch=2), "int8", "row", None, None),
              (configs._gemv_gl(16, 512, warps=8), "fp8", "group", 128, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)

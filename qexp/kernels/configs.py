@@ -61,11 +61,13 @@ def _skinny(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
-def _rs(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
     """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
-    16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens."""
-    return {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-            "num_warps": warps, "num_stages": stages}
+    16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens; producer: a warp of its own issues the
+    TMA loads."""
+    cfg = {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+           "num_warps": warps, "num_stages": stages}
+    return {**cfg, "PRODUCER": True} if producer else cfg
 
 
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
@@ -238,7 +240,15 @@ def _rs_candidates(b: int) -> list[dict]:
         return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
                 stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 64, split_k=2),
                 _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, split_k=2, stages=3),
-                _rs(64, 128, 128), _rs(64, 128, 128, split_k=2)]
+                _rs(64, 128, 128), _rs(64, 128, 128, split_k=2),
+                # K = 6144 at ~100 tokens (down_proj): 3-4 splits of 128-wide K tiles, five deep (H200 probe,
+                # 2026-12-01: 15.0 us against 17.1 us for the H100 table's choice); and 128 weight rows per program
+                _rs(64, 128, 128, split_k=4, stages=5), _rs(64, 128, 128, split_k=3, stages=5),
+                _rs(128, 128, 128, warps=8, stages=4),
+                _rs(64, 128, 128, producer=True), _rs(64, 128, 128, stages=5, producer=True),
+                _rs(64, 128, 128, split_k=4, stages=5, producer=True), _rs(64, 128, 64, stages=8, producer=True),
+                _rs(128, 128, 128, warps=8, stages=4, producer=True), _rs(128, 128, 64, warps=8, stages=6,
+                                                                            producer=True)]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),

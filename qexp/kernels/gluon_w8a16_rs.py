@@ -9,7 +9,11 @@ in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
     registers (`gluon_skinny.bf16_asm`; group scales by a bf16x2 FMA pair, `_scaled`);
   - wgmma i runs while tile i + 1 is read and converted; the registers it reads are not written again before
     it is waited on (`_step`);
-  - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`).
+  - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`);
+  - config PRODUCER: a warp of its own issues the TMA loads (`_produce`, Gluon warp specialization), so the
+    consumer's K step has no TMA issue and no CTA-wide barrier (~240 instructions instead of ~285 per 128-wide
+    K step). On the H200 at ~100 tokens it was 0-3 % faster (the tuner takes it where it wins): the consumer's
+    convert chain and its wgmma, not the loads, bound each program (benchmarks/ncu_h200_m100_stalls.txt).
 Weights are read as the recipes store them (row-major, no re-packing).
 """
 from __future__ import annotations
@@ -19,7 +23,9 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -27,6 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
+    _gdc_wait,
     _gdc_launch_dependents,
     plan,
     prologue,
@@ -92,7 +99,8 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-               PDL: gl.constexpr, num_warps: gl.constexpr, GROUP_M: gl.constexpr = 8):
+               PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
+               GROUP_M: gl.constexpr = 8):
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -109,14 +117,58 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     off_n = pid_n * BLOCK_N
     kt_begin = pid_k * tiles_per_split
 
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                  instr_shape=[16, BLOCK_M, 16])
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-
+    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+    if PRODUCER:
+        # a producer warp issues every TMA load (the consumers free ring slots through 'empty' barriers), so the
+        # consumer warp group's K step carries no TMA issue and no CTA-wide barrier
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES):
+            mbarrier.init(empty.index(st), count=1)
+        acc = gl.warp_specialize([  # (the default partition's results come back as a tuple)
+            (_consume, (x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
+                        N, kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL,
+                        num_warps)),
+            (_produce, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split,
+                        BLOCK_K, STAGES, PDL)),
+        ], [1], [40])[0]
+    else:
+        acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
+                        kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, False,
+                        num_warps)
+    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
+        _gdc_launch_dependents()
+    if not PRODUCER:
+        for st in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(st))
+
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
+                              mma)
+    if last:
+        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
+                 off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+
+
+@triton.constexpr_function
+def _acc_layout(block_m, num_warps):
+    """wgmma accumulator of out.T: weight rows over the warps (64 per warp group), block_m tokens."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, block_m, 16])
+
+
+@gluon.jit
+def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
+              kt_begin, tiles_per_split, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
+              PRODUCER: gl.constexpr, num_warps: gl.constexpr):
+    """acc (out.T tile, fp32) over this split's K tiles. The warps issue their own TMA loads, or with PRODUCER
+    a producer warp does (_produce) and each step frees its slot through `empty`."""
+    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-    prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
-             STAGES, PDL)
+    if not PRODUCER:
+        prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
+                 BLOCK_K, STAGES, PDL)
 
     offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))) % N
     if GROUPED:
@@ -130,45 +182,62 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
     acc = warpgroup_mma(a, x_smem.index(0).permute((1, 0)), acc, use_acc=False, is_async=True)
     acc, a = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a))  # returns at once: wgmma 0 stays in flight
-    _fetch(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
-           BLOCK_K, STAGES)  # the one slot the prologue left free
+    if not PRODUCER:
+        _fetch(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+               BLOCK_K, STAGES)  # the one slot the prologue left free
     # Unrolled by two: the registers wgmma i reads are written again only after a wait that covers it. (With one
     # loop-carried fragment, each iteration rewrote the PTX registers the still-running wgmma i - 1 read: wrong
     # results on the larger tiles.)
     for i in range(1, tiles_per_split - 1, 2):
-        acc, a1 = _step(i, acc, a, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn, stride_wsg,
-                        off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N, BLOCK_K,
-                        STAGES, num_warps)
-        acc, a = _step(i + 1, acc, a1, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn,
+        acc, a1 = _step(i, acc, a, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn,
+                        stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N,
+                        BLOCK_K, STAGES, PRODUCER, num_warps)
+        acc, a = _step(i + 1, acc, a1, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn,
                        stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N,
-                       BLOCK_K, STAGES, num_warps)
+                       BLOCK_K, STAGES, PRODUCER, num_warps)
     if tiles_per_split % 2 == 0:  # one tile left
-        acc, a1 = _step(tiles_per_split - 1, acc, a, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn,
+        acc, a1 = _step(tiles_per_split - 1, acc, a, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn,
                         stride_wsn, stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED,
-                        GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, num_warps)
+                        GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, PRODUCER, num_warps)
         acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
     else:
         acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
-    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
-        _gdc_launch_dependents()
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
-
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
-                              mma)
-    if last:
-        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
-                 off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
+    return acc
 
 
 @gluon.jit
-def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn, stride_wsn, stride_wsg, off_m,
-          off_n, kt_begin, tiles_per_split, a_l: gl.constexpr, nbytes: gl.constexpr, GROUPED: gl.constexpr,
+def _produce(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles, BLOCK_K: gl.constexpr,
+             STAGES: gl.constexpr, PDL: gl.constexpr):
+    """Producer warp: K tile j into slot j % STAGES once the consumer has freed it (empty barriers start out
+    complete: phase 1)."""
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    if PDL:  # x is the previous kernel's output
+        _gdc_wait()
+    for j in range(tiles):
+        s = j % STAGES
+        mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), nbytes)
+        tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(s), w_smem.index(s))
+        tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + j) * BLOCK_K], ready.index(s), x_smem.index(s))
+
+
+@gluon.jit
+def _consume(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin,
+             tiles, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+    """Default partition (the consumer warp group) of the PRODUCER kernel; results as a tuple."""
+    return (_mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
+                      kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, num_warps), )
+
+
+@gluon.jit
+def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn, stride_wsg,
+          off_m, off_n, kt_begin, tiles_per_split, a_l: gl.constexpr, nbytes: gl.constexpr, GROUPED: gl.constexpr,
           GROUP_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-          num_warps: gl.constexpr):
+          PRODUCER: gl.constexpr, num_warps: gl.constexpr):
     """K step i >= 1: read and convert tile i while wgmma i - 1 (on a_prev) runs, issue wgmma i, wait for wgmma
-    i - 1 and refill its ring slot. Returns acc and tile i's fragment, which must stay live until the next wait."""
+    i - 1 and refill (or, with PRODUCER, free) its ring slot. Returns acc and tile i's fragment, which must stay
+    live until the next wait."""
     s = i % STAGES
     if GROUPED:  # issued before the barrier wait: the load's latency hides behind it
         s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
@@ -178,8 +247,15 @@ def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, ws_ptr, offs_sn
         a = _scaled(a, s_hi, s_lo)
     acc = warpgroup_mma(a, x_smem.index(s).permute((1, 0)), acc, is_async=True)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
-    _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
-           BLOCK_K, STAGES)
+    if PRODUCER:
+        # wgmma i - 1 is done in every warp of the group (the barrier: the arrive is one thread's), and the group's
+        # shared-memory reads of the slot come before the producer's next TMA write there (the fence)
+        gl.thread_barrier()
+        fence_async_shared()
+        mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
+    else:
+        _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+               BLOCK_K, STAGES)
     return acc, a
 
 
@@ -200,5 +276,10 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
     p = plan(x, w_q, w_scale, cfg, group_size, bias)
-    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, **p.constexprs)
+    producer = cfg.get("PRODUCER", False)
+    # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
+    # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240
+    regs = {"maxnreg": 168} if producer and cfg["num_warps"] == 8 else {}
+    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
+                       **p.constexprs, **regs)
     return p.out
