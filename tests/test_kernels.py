@@ -158,8 +158,8 @@ def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, 
 
 
 def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch):
-    """An H200 (same SMs as the H100) takes its own tuned cells (M=1 and M=16; W8A8 at M=4096) and the H100's for
-    the rest: no Qwen3-1.7B cell falls through to the heuristic."""
+    """An H200 (same SMs as the H100) takes its own tuned cells (M=1 and M=16; W8A8 at M=4096; row-wise and W8A8
+    at M=128, the decode bucket) and the H100's for the rest: no Qwen3-1.7B cell falls through to the heuristic."""
     import json
     monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
     for f in (configs.table_paths, configs.lookup):
@@ -171,7 +171,8 @@ def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch):
         for k, n in [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)]:
             for m in configs.M_BUCKETS:
                 key = configs.key(kd, n, k, m)
-                tuned_here = m in (1, 16) or (kd.startswith("w8a8") and m == 4096)
+                tuned_here = (m in (1, 16) or (kd.startswith("w8a8") and m in (128, 4096))
+                              or (kd.endswith("-row") and m == 128))
                 assert (key in own) == tuned_here, key
                 want = own[key] if tuned_here else h100[key]
                 assert configs.lookup(kd, n, k, m, "NVIDIA H200", (9, 0)) == want
