@@ -28,6 +28,8 @@ from qexp.models.loader import load_model
 
 
 def replay_us(llm: LLM, n: int = 300) -> float:
+    """Mean us of n back-to-back replays of the engine's own batch-1 graph, as decode replays it. (Not
+    cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
     graph, _ = llm.runner.graphs[1]
     for _ in range(20):
         graph.replay()

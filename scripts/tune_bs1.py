@@ -29,29 +29,9 @@ from qexp.models.loader import load_model
 
 def engine_cells(llm: LLM) -> list[str]:
     """Table keys of the quantized linears the batch-1 graph runs (recorded during a capture)."""
-    seen: list[str] = []
-    config_for = configs.config_for
-
-    def recording(kind_, n, k, m, device):
-        key = configs.key(kind_, n, k, m)
-        if m == 1 and key not in seen:
-            seen.append(key)
-        return config_for(kind_, n, k, m, device)
-    configs.config_for = recording
-    try:
+    with configs.recording() as keys:
         recaptured_replay_us(llm)
-    finally:
-        configs.config_for = config_for
-    return seen
-
-
-def with_overrides(chosen: dict):
-    """configs.lookup that answers the chosen cells first (lookup is a module global, read at each call)."""
-    lookup = configs.lookup.__wrapped__
-
-    def overridden(kind_, n, k, m_b, device_name, capability=None):
-        return chosen.get(f"{kind_}|{n}|{k}|{m_b}") or lookup(kind_, n, k, m_b, device_name, capability)
-    return overridden
+    return [c for c in keys if c.endswith("|1")]
 
 
 def check_cell(cell: str, cfg: dict) -> float:
@@ -74,7 +54,12 @@ def tune(llm: LLM, log) -> dict:
     for c in cells:
         kind_, n, k, m_b = c.split("|")
         chosen[c] = configs.lookup(kind_, int(n), int(k), int(m_b), name, cap)
-    configs.lookup = with_overrides(chosen)
+    with configs.override(chosen):  # read at each call: the loop below changes one cell at a time
+        return _descend(llm, cells, chosen, log)
+
+
+def _descend(llm: LLM, cells: list[str], chosen: dict, log) -> dict:
+    """One coordinate-descent pass over the cells (chosen is updated in place), then the reference check."""
     start_us = recaptured_replay_us(llm)
     log(f"cells {cells}; start {start_us:.1f} us")
     trials = []
@@ -107,13 +92,11 @@ def main() -> None:
     args = ap.parse_args()
     name = torch.cuda.get_device_name()
     result = {"device": name, "torch": torch.__version__, "tables": configs.tables_in_use(0), "config": vars(args)}
-    lookup = configs.lookup
     for recipe in args.recipes.split(","):
         model = load_model(args.model, "dummy", "cuda", 0)
         quantize_recipe(model, recipe)
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
         result[recipe] = tune(llm, lambda s: print(recipe, s, flush=True))
-        configs.lookup = lookup
         del llm, model
         torch.cuda.empty_cache()
         with open(args.out, "w") as f:

@@ -83,6 +83,23 @@ def test_config_lookup_and_candidates():
     assert configs.config_for("w8a16-fp8-group128", 2048, 2048, 16384, torch.device("cpu")) == {"backend": "dequant_mm"}
 
 
+def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for():
+    """The hooks scripts/tune_bs1.py tunes through: an override answers its keys (read at each call), the other
+    keys and everything after the block take the usual choice (here the no-GPU rule past the largest bucket)."""
+    cpu, m = torch.device("cpu"), 16384
+    cell, other = configs.key("w8a16-int8-row", 4096, 2048, m), configs.key("w8a16-int8-row", 2048, 2048, m)
+    usual = {"backend": "dequant_mm"}
+    mine = configs._rs(64, 128, 128, producer=True)
+    with configs.recording() as keys, configs.override({cell: mine}) as cells:
+        assert configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu) == mine
+        cells[cell] = configs._rs(128, 128, 64, warps=8)
+        assert configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu) == configs._rs(128, 128, 64, warps=8)
+        assert configs.config_for("w8a16-int8-row", 2048, 2048, m, cpu) == usual
+        configs.config_for("w8a16-int8-row", 2048, 2048, m, cpu)
+    assert keys == [cell, other]
+    assert configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu) == usual
+
+
 def test_k_tiles_fit_k_and_the_scale_groups():
     fit_block_k = configs.fit_block_k
     assert fit_block_k(2048, 1024, False, None) == 1024

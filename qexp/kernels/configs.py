@@ -8,6 +8,7 @@ A config is a dict: backend (see qexp.kernels.fused) and, for the Triton ones, t
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,6 +19,8 @@ import torch
 
 TUNED_DIR = Path(__file__).with_name("tuned")
 M_BUCKETS = (1, 16, 64, 128, 256, 1024, 4096)  # 128: the engine's decode batches of ~100
+_overrides: list[dict] = []  # cells that answer before the tables (`override`)
+_recorders: list[list] = []  # keys config_for was asked for (`recording`)
 
 
 def kind(w_dtype: torch.dtype, act_dtype: str | None, group_size: int | None) -> str:
@@ -336,7 +339,37 @@ def tables_in_use(index: int = 0) -> str:
     return ",".join(p.name for p in paths) or "none"
 
 
+@contextlib.contextmanager
+def override(cells: dict):
+    """Inside the block config_for answers these table keys with these configs, read at each call (so a tuner
+    timing whole engine steps, scripts/tune_bs1.py, can change them between captures)."""
+    _overrides.append(cells)
+    try:
+        yield cells
+    finally:
+        _overrides.remove(cells)
+
+
+@contextlib.contextmanager
+def recording():
+    """Yields the list of table keys config_for is asked for inside the block, in first-asked order."""
+    keys: list[str] = []
+    _recorders.append(keys)
+    try:
+        yield keys
+    finally:
+        _recorders.remove(keys)
+
+
 def config_for(kind_: str, n: int, k: int, m: int, device: torch.device) -> dict:
+    if _overrides or _recorders:
+        key_ = key(kind_, n, k, m)
+        for keys in _recorders:
+            if key_ not in keys:
+                keys.append(key_)
+        for cells in reversed(_overrides):
+            if key_ in cells:
+                return cells[key_]
     if m > 2 * M_BUCKETS[-1] and kind_.startswith("w8a16"):
         # past the largest tuned bucket (a prefill step of ~16k tokens) the one-pass dequantize costs ever less
         # against the GEMM, and cuBLAS on bf16 beats every fused W8A16 kernel: engine prefill 0.97x bf16 with
