@@ -138,9 +138,10 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                         num_warps)
     if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
         _gdc_launch_dependents()
-    if not PRODUCER:
-        for st in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(st))
+    for st in gl.static_range(STAGES):  # their shared memory may be reused by the epilogue
+        mbarrier.invalidate(ready.index(st))
+        if PRODUCER:  # (the producer's last barrier operation came before the consumer's last wait)
+            mbarrier.invalidate(empty.index(st))
 
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
