@@ -25,7 +25,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
-    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -215,11 +214,8 @@ def _produce(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begi
     if PDL:  # x is the previous kernel's output
         _gdc_wait()
     for j in range(tiles):
-        s = j % STAGES
-        mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), nbytes)
-        tma.async_copy_global_to_shared(w_desc, [off_n, (kt_begin + j) * BLOCK_K], ready.index(s), w_smem.index(s))
-        tma.async_copy_global_to_shared(x_desc, [off_m, (kt_begin + j) * BLOCK_K], ready.index(s), x_smem.index(s))
+        mbarrier.wait(empty.index(j % STAGES), ((j // STAGES) & 1) ^ 1)
+        _fetch(j, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles, nbytes, BLOCK_K, STAGES)
 
 
 @gluon.jit
