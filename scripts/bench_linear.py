@@ -77,6 +77,30 @@ def time_graph(call, n: int, replays: int = 10) -> float:
     return graph_replay_ms(all_calls, replays) * 1000 / n
 
 
+def copies_for(n: int, k: int, weight_mb: float = 192.0) -> int:
+    """Weight copies per timing graph: at least weight_mb MB of them (more than L2, as a model's layers), 3-96."""
+    return max(3, min(96, math.ceil(weight_mb * 2**20 / (n * k))))
+
+
+def bf16_linear_us(x: torch.Tensor, w: torch.Tensor, n_copies: int) -> float:
+    wb = [w.clone() for _ in range(n_copies)]
+    return time_graph(lambda i: F.linear(x, wb[i]), n_copies)
+
+
+def checked_us(call, ref: torch.Tensor, n_copies: int, label: str) -> tuple[float, float] | None:
+    """(us, rel err) of call(i) if its output matches ref within TOL, else None, printed as REJECT (wrong) or FAIL
+    (raised: a config this shape cannot take)."""
+    try:
+        err = rel_err(call(0), ref)
+        if err > TOL:
+            print(f"  REJECT {label}: rel err {err:.2e}", flush=True)
+            return None
+        return time_graph(call, n_copies), err
+    except Exception as e:  # noqa: BLE001 - reported; the other configs still run
+        print(f"  FAIL {label}: {repr(e)[:200]}", flush=True)
+        return None
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(out).all():
         return float("inf")
@@ -164,10 +188,8 @@ def main():
         quant = {r["name"]: quantize(w, r) for r in rs}
         for m in ms:
             x = torch.randn(m, k, device=dev, generator=gen, dtype=torch.bfloat16)
-            n_copies = max(3, min(96, math.ceil(args.weight_mb * 2**20 / (n * k))))
-            wb = [w.clone() for _ in range(n_copies)]
-            bf16_us = time_graph(lambda i: F.linear(x, wb[i]), n_copies)
-            del wb
+            n_copies = copies_for(n, k, args.weight_mb)
+            bf16_us = bf16_linear_us(x, w, n_copies)
             for r in rs:
                 q, s = quant[r["name"]]
                 ref = reference.quantized_linear(x, q, s, group_size=r["gs"], act_dtype=r["act"])
@@ -182,15 +204,10 @@ def main():
                         def call(i, cfg=cfg, r=r):
                             return fused.quantized_linear(x, *qs[i], group_size=r["gs"], act_dtype=r["act"],
                                                           config=cfg)
-                    try:
-                        err = rel_err(call(0), ref)
-                        if err > TOL:
-                            print(f"  REJECT {r['name']} K{k} N{n} M{m} {cfg}: rel err {err:.2e}", flush=True)
-                            continue
-                        us = time_graph(call, n_copies)
-                    except Exception as e:
-                        print(f"  FAIL {r['name']} K{k} N{n} M{m} {cfg}: {repr(e)[:200]}", flush=True)
+                    timed = checked_us(call, ref, n_copies, f"{r['name']} K{k} N{n} M{m} {cfg}")
+                    if timed is None:
                         continue
+                    us, err = timed
                     if best is None or us < best[0]:
                         best = (us, cfg, err)
                 del qs

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from triton import cdiv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,10 +63,8 @@ def main():
         w = torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16) / math.sqrt(k)
         for m in ms:
             x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-            copies = max(3, min(96, math.ceil(192 * 2**20 / (n * k))))
-            wb = [w.clone() for _ in range(copies)]
-            bf16_us = bl.time_graph(lambda i: F.linear(x, wb[i]), copies)
-            del wb
+            copies = bl.copies_for(n, k)
+            bf16_us = bl.bf16_linear_us(x, w, copies)
             for r in recs:
                 q, s = bl.quantize(w, r)
                 ref = reference.quantized_linear(x, q, s, group_size=r["gs"])
@@ -76,14 +73,10 @@ def main():
                 for cfg in per_recipe[r["name"]]:
                     def call(i, cfg=cfg):
                         return fused.quantized_linear(x, *qs[i], group_size=r["gs"], config=cfg)
-                    try:
-                        if bl.rel_err(call(0), ref) > bl.TOL:
-                            print("REJECT", cfg, flush=True)
-                            continue
-                        us = bl.time_graph(call, copies)
-                    except Exception as e:  # a config this shape cannot take: reported, skipped
-                        print("FAIL", cfg, repr(e)[:160], flush=True)
+                    timed = bl.checked_us(call, ref, copies, f"{r['name']} K{k} N{n} M{m} {cfg}")
+                    if timed is None:
                         continue
+                    us = timed[0]
                     nbytes, programs = l2_traffic(cfg, m, n, k)
                     rows.append({"recipe": r["name"], "K": k, "N": n, "M": m, "us": round(us, 2),
                                  "bf16_us": round(bf16_us, 2), "x": round(bf16_us / us, 3), "cfg": cfg,
