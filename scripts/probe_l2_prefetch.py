@@ -63,17 +63,23 @@ def run(kind, n, k, L, sleep_cycles, use_pf, frac=1.0):
         times.append(s.elapsed_time(e) * 1000 / L)
     return sorted(times)[5]
 
-res = {"device": torch.cuda.get_device_name()}
-for kind in ("int8", "bf16"):
-    for (n, k) in ((2048, 2048), (4096, 2048), (12288, 2048), (2048, 6144)):
-        L = 24
-        for sc in (0, 6000, 12000):
-            for pf in (False, True):
-                t = run(kind, n, k, L, sc, pf)
-                res[f"{kind} {n}x{k} sleep{sc} pf{int(pf)}"] = t
-                print(kind, n, k, "sleep", sc, "prefetch", pf, f"{t:.2f} us/layer", flush=True)
-        for frac in (0.25, 0.5):
-            t = run(kind, n, k, L, 12000, True, frac)
-            res[f"{kind} {n}x{k} sleep12000 pf{frac}"] = t
-            print(kind, n, k, "sleep 12000 prefetch frac", frac, f"{t:.2f} us/layer", flush=True)
-json.dump(res, open(sys.argv[1], "w"), indent=1)
+
+def main():
+    res = {"device": torch.cuda.get_device_name()}
+    for kind in ("int8", "bf16"):
+        for (n, k) in ((2048, 2048), (4096, 2048), (12288, 2048), (2048, 6144)):
+            L = 24
+            for sc in (0, 6000, 12000):
+                for pf in (False, True):
+                    t = run(kind, n, k, L, sc, pf)
+                    res[f"{kind} {n}x{k} sleep{sc} pf{int(pf)}"] = t
+                    print(kind, n, k, "sleep", sc, "prefetch", pf, f"{t:.2f} us/layer", flush=True)
+            for frac in (0.25, 0.5):
+                t = run(kind, n, k, L, 12000, True, frac)
+                res[f"{kind} {n}x{k} sleep12000 pf{frac}"] = t
+                print(kind, n, k, "sleep 12000 prefetch frac", frac, f"{t:.2f} us/layer", flush=True)
+    json.dump(res, open(sys.argv[1], "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
