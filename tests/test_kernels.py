@@ -378,7 +378,8 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  # a producer warp: ring deeper than a split, one tile per split, 8 consumer warps
                                  configs._rs(64, 128, 128, stages=5, producer=True),
                                  configs._rs(64, 64, 128, split_k=16, stages=2, producer=True),
-                                 configs._rs(128, 128, 64, warps=8, split_k=2, stages=6, producer=True)],
+                                 configs._rs(128, 128, 64, warps=8, split_k=2, stages=6, producer=True),
+                                 configs._rs(128, 256, 64, warps=8, producer=True)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])

@@ -238,7 +238,9 @@ def _rs_candidates(b: int) -> list[dict]:
     if b == 64:
         return [_rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4,
                 stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
-                _rs(64, 64, 64, split_k=4, stages=8)]
+                _rs(64, 64, 64, split_k=4, stages=8), _rs(64, 64, 128, stages=6, producer=True),
+                _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
+                                                                        producer=True)]
     if b == 128:
         return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
                 stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 64, split_k=2),
@@ -257,12 +259,19 @@ def _rs_candidates(b: int) -> list[dict]:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
                 _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(256, 128, 64, warps=8),
                 _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4),
-                _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3)]
+                _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3),
+                _rs(128, 256, 64, warps=8, producer=True), _rs(128, 128, 64, warps=8, stages=5, producer=True),
+                _rs(64, 256, 64, producer=True), _rs(64, 128, 128, producer=True)]
     if b >= 1024:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
                 _rs(128, 256, 64, warps=8, stages=3), _rs(128, 128, 64, warps=8, stages=3),
                 _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4), _rs(128, 128, 128, warps=8, stages=3),
-                _rs(128, 256, 128, warps=8, stages=2)]  # (K tiles of 128: half the per-step barriers and waits)
+                _rs(128, 256, 128, warps=8, stages=2),  # (K tiles of 128: half the per-step barriers and waits)
+                # a producer warp: no TMA issue or CTA-wide barrier in the consumers' step, so the two consumer
+                # warp groups need not run in lock step
+                _rs(128, 256, 64, warps=8, producer=True), _rs(128, 256, 64, warps=8, stages=3, producer=True),
+                _rs(128, 128, 64, warps=8, stages=5, producer=True), _rs(128, 256, 128, warps=8, stages=2,
+                                                                         producer=True)]
     return []
 
 

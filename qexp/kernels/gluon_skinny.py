@@ -45,13 +45,14 @@ K_WIDTH = gl.constexpr(8)  # consecutive K elements per thread in both operands:
 # int8: byte b as the low mantissa byte of bf16 0x43__ gives 128 + (b & 0x7f) minus 128 or 256 for the sign bit;
 # e4m3: sign to bit 15, exponent and mantissa to bits 4-10 (a bf16 with e4m3's exponent field, bias 127 instead
 # of 7, subnormals included), then times 2^120. (e4m3 NaN is not kept: quantized weights are finite.)
-def bf16_asm(fp8: bool, n_out: int) -> str:
-    """The bit-trick PTX: bytes 0-1 of the last operand (${n_out}) -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2). Both
-    byte permutes come first, so an output may share a register with the input."""
+def bf16_asm(fp8: bool, n_out: int, fill: str = "0x43") -> str:
+    """The bit-trick PTX: bytes 0-1 of operand ${n_out} -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2). Both byte
+    permutes come first, so an output may share a register with the input. `fill`: int8's 0x43 byte, an
+    immediate or an operand ("$2")."""
     regs = ("lo", "hi")[:n_out]
     lines = [f".reg .b32 {', '.join(regs + (('t', 'c') if fp8 else ()))};"] + ["mov.b32 c, 0x7b807b80;"] * fp8
     sels = ("0x1404", "0x3424") if fp8 else ("0x4140", "0x4342")
-    lines += [f"prmt.b32 {r}, ${n_out}, {'0' if fp8 else '0x43'}, {sel};" for r, sel in zip(regs, sels)]
+    lines += [f"prmt.b32 {r}, ${n_out}, {'0' if fp8 else fill}, {sel};" for r, sel in zip(regs, sels)]
     for o, r in enumerate(regs):
         if fp8:
             lines += [f"shr.b32 t, {r}, 4;", "and.b32 t, t, 0x07f007f0;", f"and.b32 {r}, {r}, 0x80008000;",

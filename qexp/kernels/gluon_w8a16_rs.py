@@ -72,9 +72,18 @@ def _pair_layout(block_n, block_k, num_warps):
 
 
 # One 16-bit byte pair (two K-adjacent weights) -> bf16x2, exact, by gluon_skinny's bit tricks (2 instructions per
-# element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them)
-_I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(False, 1))
+# element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them). int8's
+# 0x43 fill byte comes in a register (`_fill_byte`): given two immediates, ptxas put the permute's selector in a
+# register and copied it from a uniform register before every permute, ~17 more instructions per K step.
+_I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(False, 1, fill="$2"))
 _E4M3X2_TO_BF16X2 = gl.constexpr(bf16_asm(True, 1))
+
+
+@gluon.jit
+def _fill_byte():
+    """0x43 as a value ptxas cannot fold into an immediate (%smid >> 16 is 0: SM ids fit in 16 bits)."""
+    return gl.inline_asm_elementwise("{ .reg .b32 t; mov.u32 t, %smid; shr.u32 t, t, 16; or.b32 $0, t, 0x43; }",
+                                     "=r", [], dtype=gl.int32, is_pure=True, pack=1)
 
 
 @gluon.jit
@@ -85,8 +94,12 @@ def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.conste
                                              element_bitwidth=16, rank=2)
     pairs = w_tile._reinterpret(gl.int16, [BLOCK_N, BLOCK_K // 2], w16).load(
         _pair_layout(BLOCK_N, BLOCK_K, num_warps))
-    asm: gl.constexpr = _I8X2_TO_BF16X2 if w_tile.dtype == gl.int8 else _E4M3X2_TO_BF16X2
-    v = gl.inline_asm_elementwise(asm, "=r,r", [pairs.to(gl.int32)], dtype=gl.int32, is_pure=True, pack=1)
+    p32 = pairs.to(gl.int32)
+    if w_tile.dtype == gl.int8:
+        v = gl.inline_asm_elementwise(_I8X2_TO_BF16X2, "=r,r,r", [p32, gl.zeros_like(p32) + _fill_byte()],
+                                      dtype=gl.int32, is_pure=True, pack=1)
+    else:
+        v = gl.inline_asm_elementwise(_E4M3X2_TO_BF16X2, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
     lo = v.to(gl.int16).to(gl.bfloat16, bitcast=True)
     hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
     w = gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K])
