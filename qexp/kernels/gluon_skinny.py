@@ -102,7 +102,9 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
     prologue(STAGES, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
              STAGES, PDL)
 
-    offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))) % N
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    offs_sn = offs_n % N
+    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
     acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
     for i in range(tiles_per_split):
         s = i % STAGES
@@ -130,30 +132,42 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
     for st in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(st))
 
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
     last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
                               mma)
     if last:
-        _epilogue_t(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+        _epilogue_t(total, out_ptr, scale, bias, offs_m, offs_n, M, N, stride_om, GROUPED, HAS_BIAS)
 
 
 @gluon.jit
-def _scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
-    """acc (BLOCK_N, BLOCK_M) = out.T in fp32: times the row / tensor scale, plus bias."""
+def epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """The epilogue's row / tensor scales and bias (fp32, along offs_n; ones / zeros where unused). Loaded before
+    the main loop, so their latency hides behind it (after it, it is on the kernel's critical path)."""
     nmask = offs_n < N
+    scale = gl.full_like(offs_n, 1.0, dtype=gl.float32)
+    bias = gl.zeros_like(offs_n, dtype=gl.float32)
     if not GROUPED:
-        acc = acc * gl.load(ws_ptr + offs_n * stride_wsn, mask=nmask, other=0.0)[:, None]
+        scale = gl.load(ws_ptr + offs_n * stride_wsn, mask=nmask, other=0.0)
     if HAS_BIAS:
-        acc += gl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(gl.float32)[:, None]
+        bias = gl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(gl.float32)
+    return scale, bias
+
+
+@gluon.jit
+def _scale_bias_t(acc, scale, bias, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+    """acc (BLOCK_N, BLOCK_M) = out.T in fp32: times the row / tensor scale, plus bias (epilogue_operands)."""
+    if not GROUPED:
+        acc = acc * scale[:, None]
+    if HAS_BIAS:
+        acc += bias[:, None]
     return acc
 
 
 @gluon.jit
-def _epilogue_t(acc, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn,
-                GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr):
+def _epilogue_t(acc, out_ptr, scale, bias, offs_m, offs_n, M, N, stride_om, GROUPED: gl.constexpr,
+                HAS_BIAS: gl.constexpr):
     """acc (BLOCK_N, BLOCK_M) = out.T: row/tensor scale, bias, store transposed."""
-    acc = _scale_bias_t(acc, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+    acc = _scale_bias_t(acc, scale, bias, GROUPED, HAS_BIAS)
     mask = (offs_n < N)[:, None] & (offs_m[None, :] < M)
     gl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm
+from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm, epilogue_operands
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_wait,
@@ -130,6 +130,8 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     kt_begin = pid_k * tiles_per_split
 
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     if PRODUCER:
         # a producer warp issues every TMA load (the consumers free ring slots through 'empty' barriers), so the
@@ -155,11 +157,10 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         if PRODUCER:  # (the producer's last barrier operation came before the consumer's last wait)
             mbarrier.invalidate(empty.index(st))
 
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
                               mma)
     if last:
-        _store_t(_scale_bias_t(total, ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS), out_ptr, off_m,
+        _store_t(_scale_bias_t(total, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m,
                  off_n, M, N, stride_om, BLOCK_N, BLOCK_M, num_warps)
 
 
