@@ -112,7 +112,7 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     The last split reads the partials two per L2 round trip (a loop over splits took one round trip each, ~1.3 us
     per split on the H200; more in flight spill registers at 4 warps), and re-arms with a relaxed atomic (the
     default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its PDL wait, so after
-    this launch has completed.""" 
+    this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
     tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
@@ -132,7 +132,7 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
             else:
                 total += p0
             if t + 2 < SPLIT_K:
-                gl.thread_barrier()  # (else ptxas hoists the next pair's loads above these adds, and spills)
+                gl.thread_barrier()  # loads cannot move above it: two partials in flight at most
         gl.atomic_xchg(count_ptr + pid, 0, sem="relaxed")
     return last, total
 
