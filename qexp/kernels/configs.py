@@ -261,7 +261,10 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4),
                 _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3),
                 _rs(128, 256, 64, warps=8, producer=True), _rs(128, 128, 64, warps=8, stages=5, producer=True),
-                _rs(64, 256, 64, producer=True), _rs(64, 128, 128, producer=True)]
+                _rs(64, 256, 64, producer=True), _rs(64, 128, 128, producer=True),
+                # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session (not tuned yet)
+                _rs(64, 128, 128, split_k=2, stages=5), _rs(64, 128, 128, split_k=3, stages=5),
+                _rs(64, 128, 128, split_k=4, stages=5)]
     if b >= 1024:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
                 _rs(128, 256, 64, warps=8, stages=3), _rs(128, 128, 64, warps=8, stages=3),
@@ -271,7 +274,8 @@ def _rs_candidates(b: int) -> list[dict]:
                 # warp groups need not run in lock step
                 _rs(128, 256, 64, warps=8, producer=True), _rs(128, 256, 64, warps=8, stages=3, producer=True),
                 _rs(128, 128, 64, warps=8, stages=5, producer=True), _rs(128, 256, 128, warps=8, stages=2,
-                                                                         producer=True)]
+                                                                         producer=True),
+                _rs(64, 128, 128, split_k=2, stages=5)]  # (as at M=256)
     return []
 
 
