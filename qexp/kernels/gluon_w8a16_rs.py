@@ -11,9 +11,10 @@ in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
     it is waited on (`_step`);
   - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`);
   - config PRODUCER: a warp of its own issues the TMA loads (`_produce`, Gluon warp specialization), so the
-    consumer's K step has no TMA issue and no CTA-wide barrier (~240 instructions instead of ~285 per 128-wide
-    K step). On the H200 at ~100 tokens it was 0-3 % faster (the tuner takes it where it wins): the consumer's
-    convert chain and its wgmma, not the loads, bound each program (benchmarks/ncu_h200_m100_stalls.txt).
+    consumer's K step has no TMA issue and no CTA-wide barrier (int8: ~220 instructions instead of ~260 per
+    128-wide K step, `scripts/kernel_sass.py rs`). On the H200 at ~100 tokens it was 0-3 % faster (the tuner
+    takes it where it wins): the consumer's convert chain and its wgmma, not the loads, bound each program
+    (benchmarks/ncu_h200_m100_stalls.txt).
 Weights are read as the recipes store them (row-major, no re-packing).
 """
 from __future__ import annotations
