@@ -7,9 +7,9 @@ instructions per byte as possible (the Triton / wgmma kernels spend ~6 per weigh
     takes A from registers with no 64-row minimum;
   - x and weight tiles arrive by TMA in a ring of STAGES slots; a slot is refilled as soon as every warp has read
     it into registers, so STAGES tiles are in flight while one is multiplied;
-  - each thread reads its A operand straight from the weight tile in shared memory, 8 consecutive bytes of one row
-    (K_WIDTH = 8: the MMA's K order is permuted the same way in both operands, so 8 adjacent K values land in one
-    thread), and converts them in registers with 2 integer / bf16 instructions per element (`_to_bf16`); nothing
+  - each thread reads its A operand straight from the weight tile in shared memory, 16 consecutive bytes of one
+    row (K_WIDTH = 16: the MMA's K order is permuted the same way in both operands, so 16 adjacent K values land in
+    one thread), and converts them in registers with 2 integer / bf16 instructions per element (`_to_bf16`); nothing
     is written back to shared memory;
   - group-wise scales: a K tile holds whole groups (64-wide groups do not mean 64-byte tiles); each group's
     partial product is multiplied by its row scales in fp32;
@@ -38,7 +38,8 @@ from qexp.kernels.gluon_w8a16 import (
 )
 
 SUB_K = 64  # K of one independent MMA chain
-K_WIDTH = gl.constexpr(8)  # consecutive K elements per thread in both operands: 8-byte weight reads, 16-byte x reads
+K_WIDTH = gl.constexpr(16)  # consecutive K elements per thread in both operands: 16-byte weight reads, 32-byte x
+# reads (8 had the compiler move ~114 x registers per 512-wide K step into the MMA's operand pairs)
 
 
 # 8-bit -> bf16, four elements (one register) per asm block, exact, without the I2F / F2F converters:
@@ -65,11 +66,26 @@ def bf16_asm(fp8: bool, n_out: int, fill: str = "0x43") -> str:
 
 _I8_TO_BF16 = gl.constexpr(bf16_asm(False, 2))
 _E4M3_TO_BF16 = gl.constexpr(bf16_asm(True, 2))
+# e4m3 through the converters: e4m3x2 -> f16x2, f16 -> f32, f32 pair -> bf16x2 (each exact), 2 per element
+_E4M3_CVT = gl.constexpr("""{
+.reg .b16 p0, p1, a, b, c, d; .reg .b32 h0, h1; .reg .f32 f0, f1, f2, f3;
+mov.b32 {p0, p1}, $2;
+cvt.rn.f16x2.e4m3x2 h0, p0;
+cvt.rn.f16x2.e4m3x2 h1, p1;
+mov.b32 {a, b}, h0;
+mov.b32 {c, d}, h1;
+cvt.f32.f16 f0, a;
+cvt.f32.f16 f1, b;
+cvt.f32.f16 f2, c;
+cvt.f32.f16 f3, d;
+cvt.rn.bf16x2.f32 $0, f1, f0;
+cvt.rn.bf16x2.f32 $1, f3, f2;
+}""")
 
 
 @gluon.jit
 def _to_bf16(w):
-    asm: gl.constexpr = _I8_TO_BF16 if w.dtype == gl.int8 else _E4M3_TO_BF16
+    asm: gl.constexpr = _I8_TO_BF16 if w.dtype == gl.int8 else _E4M3_CVT
     return gl.inline_asm_elementwise(asm, "=r,=r,r", [w], dtype=gl.bfloat16, is_pure=True, pack=4)
 
 
@@ -189,8 +205,8 @@ def _early_trigger(device: torch.device, grid: int, smem_per_program: int) -> bo
 
 
 def supported(k: int, group_size: int | None) -> bool:
-    """K tiles of at least 32 (the operand layout's K extent: 4 threads x K_WIDTH) inside one scale group."""
-    return k % 32 == 0 and (group_size is None or group_size % 32 == 0)
+    """K tiles of at least 64 (the operand layout's K extent: 4 threads x K_WIDTH) inside one scale group."""
+    return k % 64 == 0 and (group_size is None or group_size % 64 == 0)
 
 
 def w8a16_skinny(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,

@@ -78,6 +78,15 @@ def _pair_layout(block_n, block_k, num_warps):
 # register and copied it from a uniform register before every permute: ~15-18 more instructions per K step.
 _I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(False, 1, fill="$2"))
 _E4M3X2_TO_BF16X2 = gl.constexpr(bf16_asm(True, 1))
+_E4M3X2_CVT = gl.constexpr("""{
+.reg .b16 p; .reg .b32 h; .reg .b16 h0, h1; .reg .f32 f0, f1;
+cvt.u16.u32 p, $1;
+cvt.rn.f16x2.e4m3x2 h, p;
+mov.b32 {h0, h1}, h;
+cvt.f32.f16 f0, h0;
+cvt.f32.f16 f1, h1;
+cvt.rn.bf16x2.f32 $0, f1, f0;
+}""")
 
 
 @gluon.jit
@@ -99,8 +108,8 @@ def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.conste
     if w_tile.dtype == gl.int8:
         v = gl.inline_asm_elementwise(_I8X2_TO_BF16X2, "=r,r,r", [p32, gl.zeros_like(p32) + _fill_byte()],
                                       dtype=gl.int32, is_pure=True, pack=1)
-    else:
-        v = gl.inline_asm_elementwise(_E4M3X2_TO_BF16X2, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
+    else:  # e4m3x2 -> f16x2 (the converter), each f16 -> f32 (exact), the two f32 -> bf16x2 (exact: 4 bits)
+        v = gl.inline_asm_elementwise(_E4M3X2_CVT, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
     lo = v.to(gl.int16).to(gl.bfloat16, bitcast=True)
     hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
     w = gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K])
