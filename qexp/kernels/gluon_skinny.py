@@ -42,30 +42,21 @@ K_WIDTH = gl.constexpr(16)  # consecutive K elements per thread in both operands
 # reads (8 had the compiler move ~114 x registers per 512-wide K step into the MMA's operand pairs)
 
 
-# 8-bit -> bf16, four elements (one register) per asm block, exact, without the I2F / F2F converters:
-# int8: byte b as the low mantissa byte of bf16 0x43__ gives 128 + (b & 0x7f) minus 128 or 256 for the sign bit;
-# e4m3: sign to bit 15, exponent and mantissa to bits 4-10 (a bf16 with e4m3's exponent field, bias 127 instead
-# of 7, subnormals included), then times 2^120. (e4m3 NaN is not kept: quantized weights are finite.)
-def bf16_asm(fp8: bool, n_out: int, fill: str = "0x43") -> str:
-    """The bit-trick PTX: bytes 0-1 of operand ${n_out} -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2). Both byte
-    permutes come first, so an output may share a register with the input. `fill`: int8's 0x43 byte, an
-    immediate or an operand ("$2")."""
+# int8 -> bf16 without the I2F converter, exact: byte b as the low mantissa byte of bf16 0x43__ gives
+# 128 + (b & 0x7f), minus 128 or 256 for the sign bit.
+def bf16_asm(n_out: int, fill: str = "0x43") -> str:
+    """The bit-trick PTX: int8 bytes 0-1 of operand ${n_out} -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2). Both byte
+    permutes come first, so an output may share a register with the input. `fill`: the 0x43 byte, an immediate
+    or an operand ("$2")."""
     regs = ("lo", "hi")[:n_out]
-    lines = [f".reg .b32 {', '.join(regs + (('t', 'c') if fp8 else ()))};"] + ["mov.b32 c, 0x7b807b80;"] * fp8
-    sels = ("0x1404", "0x3424") if fp8 else ("0x4140", "0x4342")
-    lines += [f"prmt.b32 {r}, ${n_out}, {'0' if fp8 else fill}, {sel};" for r, sel in zip(regs, sels)]
+    lines = [f".reg .b32 {', '.join(regs)};"]
+    lines += [f"prmt.b32 {r}, ${n_out}, {fill}, {sel};" for r, sel in zip(regs, ("0x4140", "0x4342"))]
     for o, r in enumerate(regs):
-        if fp8:
-            lines += [f"shr.b32 t, {r}, 4;", "and.b32 t, t, 0x07f007f0;", f"and.b32 {r}, {r}, 0x80008000;",
-                      f"or.b32 {r}, {r}, t;", f"mul.rn.bf16x2 ${o}, {r}, c;"]
-        else:
-            lines += [f"and.b32 ${o}, {r}, 0xff7fff7f;", f"and.b32 {r}, {r}, 0xff80ff80;",
-                      f"sub.bf16x2 ${o}, ${o}, {r};"]
+        lines += [f"and.b32 ${o}, {r}, 0xff7fff7f;", f"and.b32 {r}, {r}, 0xff80ff80;", f"sub.bf16x2 ${o}, ${o}, {r};"]
     return "{\n" + "\n".join(lines) + "\n}"
 
 
-_I8_TO_BF16 = gl.constexpr(bf16_asm(False, 2))
-_E4M3_TO_BF16 = gl.constexpr(bf16_asm(True, 2))
+_I8_TO_BF16 = gl.constexpr(bf16_asm(2))
 # e4m3 through the converters: e4m3x2 -> f16x2, f16 -> f32, f32 pair -> bf16x2 (each exact), 2 per element
 _E4M3_CVT = gl.constexpr("""{
 .reg .b16 p0, p1, a, b, c, d; .reg .b32 h0, h1; .reg .f32 f0, f1, f2, f3;

@@ -76,8 +76,7 @@ def _pair_layout(block_n, block_k, num_warps):
 # element; the pair arrives as one register, so the compiler never takes bytes apart and repacks them). int8's
 # 0x43 fill byte comes in a register (`_fill_byte`): given two immediates, ptxas put the permute's selector in a
 # register and copied it from a uniform register before every permute: ~15-18 more instructions per K step.
-_I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(False, 1, fill="$2"))
-_E4M3X2_TO_BF16X2 = gl.constexpr(bf16_asm(True, 1))
+_I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(1, fill="$2"))
 _E4M3X2_CVT = gl.constexpr("""{
 .reg .b16 p; .reg .b32 h; .reg .b16 h0, h1; .reg .f32 f0, f1;
 cvt.u16.u32 p, $1;
