@@ -191,15 +191,20 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
                 _tma(64, 128, bk, split_k=4, stages=6), _tma(128, 128, bk, warps=8),
                 _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, 128, split_k=4, stages=4),
                 _tma(128, 128, 128, warps=8, split_k=4, stages=4), _tma(64, 128, 64, split_k=4, stages=3),
-                _tma(64, 128, 64, split_k=2, stages=3)]
+                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, bk, split_k=3, stages=6)]
     if b == 256:
         return [_tma(128, 128, bk, warps=8), _tma(128, 256, bk, warps=8, stages=3), _tma(64, 256, bk, warps=8),
                 _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, bk, stages=6),
                 _tma(64, 128, bk, split_k=2, stages=6), _tma(128, 256, bk, warps=8, split_k=2, stages=3),
-                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, 64, stages=3)]
+                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, 64, stages=3),
+                # N = 1024-2048 gives 32-64 tiles of 64 x 128 for 132 SMs: split K (W8A8 int8 at 0.65x, H200)
+                _tma(64, 128, bk, split_k=4, stages=6), _tma(64, 128, bk, split_k=3, stages=6)]
     return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
             _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
-            _tma(256, 128, bk, warps=8, stages=3, group_n=16)]
+            _tma(256, 128, bk, warps=8, stages=3, group_n=16),
+            # M = 1024 at N = 1024-2048: 64-128 tiles of 128 x 128 leave SMs idle; narrower tiles, or split K
+            _tma(64, 128, bk, stages=6), _tma(64, 128, bk, split_k=2, stages=6),
+            _tma(128, 128, bk, warps=8, split_k=2, stages=4)]
 
 
 def _gemv_gl_candidates() -> list[dict]:
