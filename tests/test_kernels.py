@@ -131,9 +131,9 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "dequant_mm",
-                                          "scaled_mm", "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv"):
+                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gluon_w8a8",
+                                          "dequant_mm", "scaled_mm", "scaled_mm_fast")
+                if cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gluon_w8a8"):
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
@@ -550,6 +550,44 @@ def test_w8a8_matches_reference(act, m):
         from qexp.kernels import fused
         alt = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
         assert _rel(alt, ref) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs._gluon_a8(64, 64, 128, stages=6), configs._gluon_a8(64, 128, 128, split_k=3),
+                                 configs._gluon_a8(128, 64, 128, split_k=4, stages=5),
+                                 configs._gluon_a8(128, 128, 128, warps=8, split_k=2),
+                                 configs._gluon_a8(128, 256, 128, warps=8, stages=3),
+                                 configs._gluon_a8(256, 128, 128, warps=8, stages=3)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+@pytest.mark.parametrize("m", [5, 70, 300])
+@pytest.mark.parametrize("tensor_scale", [False, True])
+def test_gluon_w8a8_matches_reference(cfg, act, m, tensor_scale):
+    """Gluon W8A8 (async wgmma, int32 or fp32 accumulators): ragged M and N (1040 rows: a partial weight tile),
+    bias, pre-scale, split-K (called twice: the arrival counters re-arm), row- and tensor-wise weight scales;
+    and the same output as the Triton tma kernel's on the same quantized input up to fp32 summation order."""
+    from qexp.kernels import fused
+    q, s, x, p, bias, ref = _w8a8_case(1040, 2048, m, act, m + 3 * tensor_scale)
+    if tensor_scale:
+        s = s.max().reshape(1)
+        ref = reference.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
+    for _ in range(2):
+        out = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
+        assert _rel(out, ref) < TOL
+    tma = {**configs._tma(cfg["BLOCK_N"], cfg["BLOCK_M"], 128, warps=cfg["num_warps"]), "num_stages": 3}
+    want = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=tma)
+    # int8: exact int32 sums, only the fp32 split-K order differs; fp8 wgmma accumulates below fp32 precision, so
+    # another K chunking (split-K) moves the result by ~1e-3
+    assert _rel(out, want) < (1e-3 if act == "int8" else 4e-3)
+    if m == 70 and not tensor_scale:  # captured in a CUDA graph, replayed on a new input
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
+        fresh = torch.randn_like(x)
+        x.copy_(fresh)
+        graph.replay()
+        assert _rel(static_out, fused.quantized_linear(fresh, q, s, act_dtype=act, pre_scale=p, bias=bias,
+                                                       config=cfg)) < 1e-3
 
 
 @pytest.mark.gpu

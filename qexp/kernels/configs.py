@@ -73,6 +73,12 @@ def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
     return {**cfg, "PRODUCER": True} if producer else cfg
 
 
+def _gluon_a8(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+    """W8A8 tile config for the Gluon kernel that keeps a wgmma in flight (gluon_w8a8, sm_90+)."""
+    return {"backend": "gluon_w8a8", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+            "num_warps": warps, "num_stages": stages}
+
+
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
     """CUDA-core GEMV config (weight-only, small M); prefetch: weight tiles loaded ahead of the one in use."""
     cfg = {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
@@ -151,6 +157,8 @@ def candidates(kind_: str, m: int) -> list[dict]:
                _triton(128, 64, 64, swap=False), _triton(128, 256, 64, warps=8, stages=3),
                _triton(128, 128, 64, stages=4, swap=False)]
     out += _tma_candidates(b, a8)
+    if a8:
+        out += _gluon_a8_candidates(b)
     if not a8 and b == 1:
         out += _gemv_gl_candidates()
     if not a8:
@@ -281,6 +289,25 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(128, 128, 64, warps=8, stages=5, producer=True), _rs(128, 256, 128, warps=8, stages=2,
                                                                          producer=True),
                 _rs(64, 128, 128, split_k=2, stages=5)]  # (as at M=256)
+    return []
+
+
+def _gluon_a8_candidates(b: int) -> list[dict]:
+    """As the tma ones (64-token tiles at least: wgmma's M), plus splits of K where few tiles would leave SMs idle."""
+    if b == 64:
+        return [_gluon_a8(64, 64, 128, stages=6), _gluon_a8(64, 64, 128, split_k=2, stages=6),
+                _gluon_a8(64, 64, 128, split_k=4, stages=6), _gluon_a8(128, 64, 128, split_k=2, stages=5),
+                _gluon_a8(128, 64, 128, split_k=4, stages=5)]
+    if b in (128, 256):
+        return [_gluon_a8(64, 128, 128, stages=6), _gluon_a8(64, 128, 128, split_k=2, stages=6),
+                _gluon_a8(64, 128, 128, split_k=3, stages=6), _gluon_a8(64, 128, 128, split_k=4, stages=6),
+                _gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 128, 128, warps=8, split_k=2)] + (
+            [_gluon_a8(128, 256, 128, warps=8, stages=3), _gluon_a8(64, 256, 128, warps=8)] if b == 256 else [])
+    if b == 1024:  # (not larger: programs take the M tiles of one weight tile in turn, with no grouping for L2,
+        # so at ~16k prefill tokens x streams from HBM once per pair of weight strips)
+        return [_gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 256, 128, warps=8, stages=3),
+                _gluon_a8(256, 128, 128, warps=8, stages=3), _gluon_a8(64, 128, 128, stages=6),
+                _gluon_a8(128, 128, 128, warps=8, split_k=2)]
     return []
 
 

@@ -3,6 +3,7 @@
   tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
   gluon       W8A16 GEMM with a hand-made pipeline: convert overlaps the tensor cores (gluon_w8a16, sm_90+)
   gluon_rs    W8A16 for M >= 64: wgmma with the weight converted in its operand registers (gluon_w8a16_rs)
+  gluon_w8a8  W8A8 for M >= 64, one wgmma kept in flight also for int8 (gluon_w8a8, sm_90+)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv)
@@ -46,6 +47,11 @@ try:  # the register-operand wgmma kernel (shares gluon_skinny's helpers); else 
     from qexp.kernels import gluon_w8a16_rs
 except ImportError:
     gluon_w8a16_rs = None
+
+try:  # Gluon W8A8; else gluon_w8a8 configs run as tma
+    from qexp.kernels import gluon_w8a8
+except ImportError:
+    gluon_w8a8 = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -138,6 +144,10 @@ def _config(kind_: str, n: int, k: int, m: int, device: torch.device, config: di
 
 
 def _w8a8_gemm(x_q, x_s, w_q, w_scale, cfg: dict, bias, out_dtype) -> torch.Tensor:
+    if cfg["backend"] == "gluon_w8a8":
+        if gluon_w8a8 is not None and triton_qmm_tma is not None and triton_qmm_tma.supported(x_q, w_q):
+            return gluon_w8a8.w8a8_gluon(x_q, x_s, w_q, w_scale, cfg, bias=bias, out_dtype=out_dtype)
+        cfg = {**cfg, "backend": "tma", "SWAP_AB": False}
     if cfg["backend"] == "triton":
         return qmm(x_q, w_q, w_scale, cfg, x_scale=x_s, bias=bias, out_dtype=out_dtype)
     if cfg["backend"] == "tma" and triton_qmm_tma is not None and triton_qmm_tma.supported(x_q, w_q):
