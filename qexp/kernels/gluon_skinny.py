@@ -32,6 +32,7 @@ from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
     plan,
+    program_tile,
     prologue,
     ring,
     split_k_sum,
@@ -87,15 +88,7 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
                    SPLIT_K: gl.constexpr,
                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SUB_K: gl.constexpr,
                    STAGES: gl.constexpr, PDL: gl.constexpr, EARLY_TRIGGER: gl.constexpr, num_warps: gl.constexpr):
-    pid = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    pid_m = pid % num_pid_m  # the M tiles of one weight strip run side by side: its bytes come from HBM once
-    pid_n = pid // num_pid_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    kt_begin = pid_k * tiles_per_split
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N)
     if PDL and EARLY_TRIGGER:  # one full wave (see _early_trigger): the next kernel may start its prologue now
         _gdc_launch_dependents()
 
@@ -140,7 +133,7 @@ def _skinny_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_pt
         mbarrier.invalidate(ready.index(st))
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma))
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K,
                               mma)
     if last:
         _epilogue_t(total, out_ptr, scale, bias, offs_m, offs_n, M, N, stride_om, GROUPED, HAS_BIAS)

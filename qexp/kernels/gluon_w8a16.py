@@ -55,15 +55,7 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
                   GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                   PDL: gl.constexpr, num_warps: gl.constexpr):
-    pid = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    pid_m = pid % num_pid_m  # the M tiles of one weight tile run side by side: its bytes come from HBM once
-    pid_n = pid // num_pid_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    kt_begin = pid_k * tiles_per_split
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N)
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=_mma_warps(BLOCK_M, num_warps),
                                                   instr_shape=[16, _instr_n(BLOCK_N, num_warps, BLOCK_M), 16])
@@ -96,10 +88,22 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_M, BLOCK_N, SPLIT_K,
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_M, BLOCK_N, SPLIT_K,
                               mma)
     if last:
         _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+
+
+@gluon.jit
+def program_tile(M, N, tiles_per_split, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """(pid, pid_k, number of output tiles, off_m, off_n, first K tile) of this program. The M tiles of one weight
+    tile run side by side, so its bytes come from HBM once (no grouping for L2: x is re-read per weight tile)."""
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    pid_m = pid % num_pid_m
+    pid_n = pid // num_pid_m
+    return pid, pid_k, num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N, pid_k * tiles_per_split
 
 
 @gluon.jit

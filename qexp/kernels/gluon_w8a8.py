@@ -22,6 +22,7 @@ from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
     _mma_warps,
+    program_tile,
     prologue,
     ring,
     split_k_sum,
@@ -46,15 +47,7 @@ def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, co
                  M, N, K, stride_om, stride_wsn, tiles_per_split,
                  HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                  BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
-    pid = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    pid_m = pid % num_pid_m  # the M tiles of one weight tile run side by side: its bytes come from HBM once
-    pid_n = pid // num_pid_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    kt_begin = pid_k * tiles_per_split
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N)
     INT8: gl.constexpr = x_desc.dtype == gl.int8
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=_mma_warps(BLOCK_M, num_warps),
@@ -79,8 +72,8 @@ def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, co
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-    last, total = split_k_sum(acc.to(gl.float32), part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_M,
-                              BLOCK_N, SPLIT_K, mma)
+    last, total = split_k_sum(acc.to(gl.float32), part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_M, BLOCK_N,
+                              SPLIT_K, mma)
     if last:  # the order of triton_common.epilogue: (acc * w_scale) * x_scale + bias
         nmask = offs_n < N
         mmask = offs_m < M
