@@ -40,10 +40,10 @@ def _mma_warps(block_m, num_warps):
 
 
 @triton.constexpr_function
-def _instr_n(block_n, num_warps, block_m):
-    """Largest wgmma N (multiple of 8, <= 256) that tiles the N each warp group covers."""
+def _instr_n(block_n, num_warps, block_m, max_n=256):
+    """Largest wgmma N (multiple of 8, <= max_n) that tiles the N each warp group covers."""
     reps_n = _mma_warps(block_m, num_warps)[1]
-    n = 256
+    n = max_n
     while n > max(block_n // reps_n, 8) or (block_n // reps_n) % n:
         n -= 8
     return n

@@ -21,6 +21,7 @@ from qexp.kernels import configs, pdl
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
+    _instr_n,
     _mma_warps,
     program_tile,
     prologue,
@@ -31,17 +32,6 @@ from qexp.kernels.gluon_w8a16 import (
 from qexp.kernels.triton_qmm_tma import split_k_buffers
 
 
-@triton.constexpr_function
-def _instr_n(block_n, num_warps, block_m):
-    """Largest wgmma N (multiple of 8, <= 128) that tiles the N each warp group covers: Triton 3.6 fails to lower an
-    s8 wgmma of N = 256 (ConvertNVGPUToLLVM)."""
-    reps_n = _mma_warps(block_m, num_warps)[1]
-    n = 128
-    while n > max(block_n // reps_n, 8) or (block_n // reps_n) % n:
-        n -= 8
-    return n
-
-
 @gluon.jit
 def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, count_ptr,
                  M, N, K, stride_om, stride_wsn, tiles_per_split,
@@ -50,8 +40,9 @@ def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, co
     pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N)
     INT8: gl.constexpr = x_desc.dtype == gl.int8
 
+    # wgmma N at most 128: Triton 3.6 fails to lower an s8 wgmma of N = 256 (ConvertNVGPUToLLVM)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=_mma_warps(BLOCK_M, num_warps),
-                                                  instr_shape=[16, _instr_n(BLOCK_N, num_warps, BLOCK_M), 32])
+                                                  instr_shape=[16, _instr_n(BLOCK_N, num_warps, BLOCK_M, 128), 32])
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
     prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
