@@ -80,11 +80,7 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
         acc = _step(i, acc, True, x_desc, w_desc, x_smem, w_smem, wb_smem, ready, ws_ptr, offs_n_cvt, off_m, off_n,
                     N, stride_wsn, stride_wsg, group_size, kt_begin, tiles_per_split, nbytes, cvt, GROUPED, BLOCK_K,
                     STAGES)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
-        _gdc_launch_dependents()
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
+    acc = end_main_loop(acc, ready, STAGES, PDL)
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
@@ -92,6 +88,18 @@ def _w8a16_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr
                               mma)
     if last:
         _epilogue(total, out_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_om, stride_wsn, GROUPED, HAS_BIAS)
+
+
+@gluon.jit
+def end_main_loop(acc, ready, STAGES: gl.constexpr, PDL: gl.constexpr):
+    """After the K loop: wait for the last wgmma, let the next kernel launch (see qexp.kernels.pdl.launch_next),
+    release the ring's barriers."""
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    if PDL:
+        _gdc_launch_dependents()
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+    return acc
 
 
 @gluon.jit

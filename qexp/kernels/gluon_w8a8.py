@@ -20,9 +20,9 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from qexp.kernels import configs, pdl
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
-    _gdc_launch_dependents,
     _instr_n,
     _mma_warps,
+    end_main_loop,
     program_tile,
     prologue,
     ring,
@@ -55,11 +55,7 @@ def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, co
     for i in range(1, tiles_per_split):
         acc = _step(i, acc, True, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
                     nbytes, BLOCK_K, STAGES, num_warps)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
-        _gdc_launch_dependents()
-    for st in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(st))
+    acc = end_main_loop(acc, ready, STAGES, PDL)
 
     offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
