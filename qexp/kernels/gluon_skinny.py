@@ -58,26 +58,25 @@ def bf16_asm(n_out: int, fill: str = "0x43") -> str:
 
 
 _I8_TO_BF16 = gl.constexpr(bf16_asm(2))
-# e4m3 through the converters: e4m3x2 -> f16x2, f16 -> f32, f32 pair -> bf16x2 (each exact), 2 per element
-_E4M3_CVT = gl.constexpr("""{
-.reg .b16 p0, p1, a, b, c, d; .reg .b32 h0, h1; .reg .f32 f0, f1, f2, f3;
-mov.b32 {p0, p1}, $2;
-cvt.rn.f16x2.e4m3x2 h0, p0;
-cvt.rn.f16x2.e4m3x2 h1, p1;
-mov.b32 {a, b}, h0;
-mov.b32 {c, d}, h1;
-cvt.f32.f16 f0, a;
-cvt.f32.f16 f1, b;
-cvt.f32.f16 f2, c;
-cvt.f32.f16 f3, d;
-cvt.rn.bf16x2.f32 $0, f1, f0;
-cvt.rn.bf16x2.f32 $1, f3, f2;
-}""")
+
+
+def e4m3_asm(n_out: int) -> str:
+    """e4m3 bytes 0-1 of operand ${n_out} -> bf16x2 $0, bytes 2-3 -> $1 (n_out = 2), through the converters:
+    e4m3x2 -> f16x2, f16 -> f32, f32 pair -> bf16x2, each exact (2 instructions per element)."""
+    halves = ", ".join(f"p{o}" for o in range(2)) if n_out == 2 else "p0, unused"
+    lines = [".reg .b16 p0, p1, unused, a, b; .reg .b32 h; .reg .f32 f0, f1;", f"mov.b32 {{{halves}}}, ${n_out};"]
+    for o in range(n_out):
+        lines += [f"cvt.rn.f16x2.e4m3x2 h, p{o};", "mov.b32 {a, b}, h;", "cvt.f32.f16 f0, a;", "cvt.f32.f16 f1, b;",
+                  f"cvt.rn.bf16x2.f32 ${o}, f1, f0;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_E4M3_TO_BF16 = gl.constexpr(e4m3_asm(2))
 
 
 @gluon.jit
 def _to_bf16(w):
-    asm: gl.constexpr = _I8_TO_BF16 if w.dtype == gl.int8 else _E4M3_CVT
+    asm: gl.constexpr = _I8_TO_BF16 if w.dtype == gl.int8 else _E4M3_TO_BF16
     return gl.inline_asm_elementwise(asm, "=r,=r,r", [w], dtype=gl.bfloat16, is_pure=True, pack=4)
 
 

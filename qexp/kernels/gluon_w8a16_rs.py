@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm, epilogue_operands
+from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm, e4m3_asm, epilogue_operands
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_wait,
@@ -77,15 +77,7 @@ def _pair_layout(block_n, block_k, num_warps):
 # 0x43 fill byte comes in a register (`_fill_byte`): given two immediates, ptxas put the permute's selector in a
 # register and copied it from a uniform register before every permute: ~15-18 more instructions per K step.
 _I8X2_TO_BF16X2 = gl.constexpr(bf16_asm(1, fill="$2"))
-_E4M3X2_CVT = gl.constexpr("""{
-.reg .b16 p; .reg .b32 h; .reg .b16 h0, h1; .reg .f32 f0, f1;
-cvt.u16.u32 p, $1;
-cvt.rn.f16x2.e4m3x2 h, p;
-mov.b32 {h0, h1}, h;
-cvt.f32.f16 f0, h0;
-cvt.f32.f16 f1, h1;
-cvt.rn.bf16x2.f32 $0, f1, f0;
-}""")
+_E4M3X2_TO_BF16X2 = gl.constexpr(e4m3_asm(1))
 
 
 @gluon.jit
@@ -108,7 +100,7 @@ def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.conste
         v = gl.inline_asm_elementwise(_I8X2_TO_BF16X2, "=r,r,r", [p32, gl.zeros_like(p32) + _fill_byte()],
                                       dtype=gl.int32, is_pure=True, pack=1)
     else:  # e4m3x2 -> f16x2 (the converter), each f16 -> f32 (exact), the two f32 -> bf16x2 (exact: 4 bits)
-        v = gl.inline_asm_elementwise(_E4M3X2_CVT, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
+        v = gl.inline_asm_elementwise(_E4M3X2_TO_BF16X2, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
     lo = v.to(gl.int16).to(gl.bfloat16, bitcast=True)
     hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
     w = gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K])
