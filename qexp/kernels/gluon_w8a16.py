@@ -103,14 +103,24 @@ def end_main_loop(acc, ready, STAGES: gl.constexpr, PDL: gl.constexpr):
 
 
 @gluon.jit
-def program_tile(M, N, tiles_per_split, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    """(pid, pid_k, number of output tiles, off_m, off_n, first K tile) of this program. The M tiles of one weight
-    tile run side by side, so its bytes come from HBM once (no grouping for L2: x is re-read per weight tile)."""
+def program_tile(M, N, tiles_per_split, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr = 0):
+    """(pid, pid_k, number of output tiles, off_m, off_n, first K tile) of this program. The M tiles of one
+    weight tile run side by side (its bytes come from HBM once). GROUP_M > 0: programs walk GROUP_M token tiles x
+    every weight tile, so a prefill's x (16k tokens: 64 MB, more than L2) is read from HBM about once instead of
+    once per weight tile; 0: all token tiles at once (kernels tuned only where M spans a few tiles: no index
+    arithmetic for a grouping that changes nothing there)."""
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     num_pid_m = gl.cdiv(M, BLOCK_M)
-    pid_m = pid % num_pid_m
-    pid_n = pid // num_pid_m
+    if GROUP_M == 0:
+        pid_m = pid % num_pid_m
+        pid_n = pid // num_pid_m
+    else:
+        group = GROUP_M * gl.cdiv(N, BLOCK_N)
+        first_m = (pid // group) * GROUP_M
+        rows = gl.minimum(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % rows
+        pid_n = (pid % group) // rows
     return pid, pid_k, num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N, pid_k * tiles_per_split
 
 

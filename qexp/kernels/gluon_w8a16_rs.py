@@ -36,6 +36,7 @@ from qexp.kernels.gluon_w8a16 import (
     _gdc_wait,
     _gdc_launch_dependents,
     plan,
+    program_tile,
     prologue,
     ring,
     split_k_sum,
@@ -114,21 +115,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
                GROUP_M: gl.constexpr = 8):
-    pid = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    # Programs walk GROUP_M token tiles x every weight strip, token tiles fastest: the M tiles of one strip run
-    # side by side (its bytes come from HBM once), and a prefill's x (16k tokens: 64 MB, more than L2) is read
-    # from HBM about once instead of once per strip
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    rows = gl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % rows
-    pid_n = (pid % group) // rows
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    kt_begin = pid_k * tiles_per_split
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
 
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
@@ -158,7 +145,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         if PRODUCER:  # (the producer's last barrier operation came before the consumer's last wait)
             mbarrier.invalidate(empty.index(st))
 
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_pid_n * num_pid_m, BLOCK_N, BLOCK_M, SPLIT_K,
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K,
                               mma)
     if last:
         _store_t(_scale_bias_t(total, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
