@@ -513,17 +513,69 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("act", ["int8", "fp8"])
-def test_activation_quant_is_bit_exact(act):
+def test_activation_quant_is_bit_exact(act, dtype):
     from qexp.kernels.triton_act_quant import quantize_activation
     gen = torch.Generator(device="cuda").manual_seed(3)
-    x = torch.randn(37, 6144, device="cuda", generator=gen, dtype=torch.bfloat16) * 3
+    x = (torch.randn(37, 6144, device="cuda", generator=gen) * 3).to(dtype)
     x[5] = 0  # an all-zero token
+    x[6, :100] = -0.0  # e4m3 keeps the sign of zero
     p = torch.rand(6144, device="cuda", generator=gen) + 0.5
     q, s = quantize_activation(x, act, p)
     rq, rs = reference.quantize_activation((x.float() * p).to(x.dtype), act)
     assert torch.equal(s, rs)
     assert torch.equal(q.view(torch.int8), rq.view(torch.int8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+def test_activation_division_is_exact_for_every_16_bit_input(act, fmt):
+    """The quant kernels divide by the token's scale as x * rcp + one FMA correction (divide_by_scale): for every
+    bf16 / fp16 amax and every x of that format with |x| <= amax (~1e9 pairs, both signs) the 8-bit value is the
+    IEEE division's."""
+    import act_division_check as chk
+
+    from qexp.kernels.triton_act_quant import quant_args
+    qa = quant_args(act, torch.bfloat16 if fmt == "bf16" else torch.float16)
+    assert qa["DIV_STEPS"] == 1
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    n_amax = 0x7F7F if fmt == "bf16" else 0x7BFF  # positive finite values, subnormals included
+    chk.every_16bit_pair_kernel[(n_amax,)](bad, FP16=fmt == "fp16", **qa, BLOCK=1024)
+    assert bad.item() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["int8", "fp8"])
+def test_activation_division_of_float32_is_exact_at_rounding_boundaries(act):
+    """float32 x take two corrections: exact at (and 1-2 ulps around) every point where the 8-bit rounding
+    changes (int8: k + 1/2; fp8: midway between e4m3 neighbours), for log-uniform random scales, and on
+    random x in [-amax, amax]."""
+    import act_division_check as chk
+
+    from qexp.kernels.triton_act_quant import quant_args
+    qa = quant_args(act, torch.float32)
+    assert qa["DIV_STEPS"] == 2
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    if act == "int8":
+        t = torch.arange(-128, 128, device="cuda", dtype=torch.float64) + 0.5
+    else:
+        e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(F8).double()
+        e4m3 = e4m3[torch.isfinite(e4m3)].unique().sort().values
+        t = ((e4m3[1:] + e4m3[:-1]) / 2).cuda()
+    amax = torch.exp2(torch.rand(4096, device="cuda", generator=gen, dtype=torch.float64) * 60 - 30).float()
+    scale = torch.clamp(amax, min=1e-12) * qa["QMAX_INV"]  # float32, as row_scale rounds it
+    x = (t[None, :] * scale.double()[:, None]).float()  # the boundary, rounded to float32
+    xi = x.view(torch.int32)
+    near = torch.stack([xi + d for d in (-2, -1, 0, 1, 2)]).view(torch.float32).flatten()
+    rand = (torch.rand(4096, 1024, device="cuda", generator=gen) * 2 - 1) * amax[:, None]
+    xs = torch.cat([near, rand.flatten()])
+    ss = torch.cat([scale[None, :, None].expand(5, -1, t.numel()).flatten(), scale[:, None].expand(-1, 1024).flatten()])
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    chk.given_pairs_kernel[((xs.numel() + 1023) // 1024,)](xs, ss.contiguous(), bad, xs.numel(), IS_FP8=qa["IS_FP8"],
+                                                          QMAX=qa["QMAX"], DIV_STEPS=2, BLOCK=1024)
+    assert bad.item() == 0
 
 
 def _w8a8_case(n, k, m, act, seed):

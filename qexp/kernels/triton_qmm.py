@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from qexp.kernels import configs, pdl
+from qexp.kernels.triton_act_quant import div_steps
 from qexp.kernels.triton_common import epilogue, grouped_tile, scale_layout, to_float
 from qexp.kernels.triton_qgemv import qgemv_kernel
 from qexp.quant import qdq
@@ -129,7 +130,8 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
             GROUP_TILE=min(group_size, block_k) if grouped else block_k,
             A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
-            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), PREFETCH=cfg.get("PREFETCH", 1),
+            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), DIV_STEPS=div_steps(x.dtype),
+            PREFETCH=cfg.get("PREFETCH", 1),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     else:
         _qmm_kernel[grid](
