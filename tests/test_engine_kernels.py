@@ -65,27 +65,41 @@ def test_decode_attention_matches_reference(splits):
         assert all(_rel(out[i], ref[i]) < 1e-2 for i in range(len(ctx)))
 
 
-def test_qk_norm_rope_stores_kv_at_slots_and_skips_padding():
+@pytest.mark.parametrize("T", [7, 1500])
+def test_qk_norm_rope_stores_kv_at_slots_and_skips_padding(T):
     """qk_norm_rope with the caches writes the very k it returns without them, and v, at each token's slot;
-    padded rows (slot -1) write nothing. v as a row-strided view, as the merged qkv gives it."""
+    padded rows (slot -1) write nothing. v as a row-strided view, as the merged qkv gives it. T=1500 takes the
+    prefill launch (more heads a program): the decode launch's values on chunks of the rows, up to the order of
+    the float32 sum of squares (a bf16 ulp)."""
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
     from qexp.engine.kernels import qk_norm_rope
     qn, kn = Qwen3RMSNorm(128).to(DEV, torch.bfloat16), Qwen3RMSNorm(128).to(DEV, torch.bfloat16)
     torch.nn.init.normal_(qn.weight, 1.0, 0.1), torch.nn.init.normal_(kn.weight, 1.0, 0.1)
-    qkv = torch.randn(7, 4096, device=DEV).bfloat16()
-    q, k, v = (t.view(7, -1, 128) for t in qkv.split([2048, 1024, 1024], -1))
-    ang = torch.arange(7, device=DEV)[:, None].float() * torch.rand(64, device=DEV)
+    qkv = torch.randn(T, 4096, device=DEV).bfloat16()
+    q, k, v = (t.view(T, -1, 128) for t in qkv.split([2048, 1024, 1024], -1))
+    ang = torch.arange(T, device=DEV)[:, None].float() * torch.rand(64, device=DEV)
     cos, sin = torch.cat([ang, ang], -1).cos().bfloat16(), torch.cat([ang, ang], -1).sin().bfloat16()
-    kc = torch.randn(4, 16, 8, 128, device=DEV).bfloat16()
-    vc = torch.randn(4, 16, 8, 128, device=DEV).bfloat16()
+    n_blocks = T // 16 + 4
+    kc = torch.randn(n_blocks, 16, 8, 128, device=DEV).bfloat16()
+    vc = torch.randn(n_blocks, 16, 8, 128, device=DEV).bfloat16()
     ref_k, ref_v = kc.clone(), vc.clone()
-    slots = torch.tensor([3, 17, 63, 0, -1, 40, 41], dtype=torch.int32, device=DEV)
+    if T == 7:
+        slots = torch.tensor([3, 17, 63, 0, -1, 40, 41], dtype=torch.int32, device=DEV)
+    else:
+        slots = torch.randperm(n_blocks * 16, device=DEV)[:T].int()
+        slots[::97] = -1
     q_ref, k_ref = qk_norm_rope(q, k, qn, kn, cos, sin)
     q_out, none = qk_norm_rope(q, k, qn, kn, cos, sin, v, kc, vc, slots)
     store_kv_reference(k_ref[slots >= 0], v[slots >= 0], ref_k, ref_v, slots[slots >= 0])
     assert none is None and torch.equal(q_out, q_ref)
     assert torch.equal(kc, ref_k) and torch.equal(vc, ref_v)
+    if T >= 1024:
+        parts = [qk_norm_rope(q[i:i + 500], k[i:i + 500], qn, kn, cos[i:i + 500], sin[i:i + 500])
+                 for i in range(0, T, 500)]
+        for got, want in ((q_ref, torch.cat([p[0] for p in parts])), (k_ref, torch.cat([p[1] for p in parts]))):
+            torch.testing.assert_close(got, want, rtol=2 ** -6, atol=2 ** -6)
+            assert (got == want).float().mean() > 0.99
 
 
 def test_fused_norms_match_hf_modules(tiny_model_dir):

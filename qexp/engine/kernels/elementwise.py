@@ -162,7 +162,10 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_norm, k_norm, cos: torch.Te
     else:
         k_out = torch.empty((T, KV, D), device=k.device, dtype=k.dtype)
         v, v_out, slots = k, k_out, cos  # unused
-    qh, kh = _heads_per_program(H, 4), _heads_per_program(KV, 4)
+    # decode: 4 heads a program (short programs, which batch 1 waits on); prefill: up to 16 q / 8 k+v heads
+    # a program, 0.6x the time at 16k tokens (benchmarks/elementwise_h200.json)
+    most = (16, 8) if T >= 1024 else (4, 4)
+    qh, kh = _heads_per_program(H, most[0]), _heads_per_program(KV, most[1])
     _qk_norm_rope_kernel[(T, H // qh + KV // kh)](
         q, k, v, q_out, k_out, v_out, slots, q_norm.weight, k_norm.weight, cos.contiguous(), sin.contiguous(),
         q.stride(0), k.stride(0), v.stride(0), q_norm.variance_epsilon, H=H, KV=KV, QH=qh, KH=kh, D=D,
@@ -199,7 +202,7 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, quant: str | None = None):
     a, b = rows_view(a.reshape(-1, n)), rows_view(b.reshape(-1, n))
     out, scale = _outputs(a, quant)
     block = triton.next_power_of_2(n) if quant else min(2048, triton.next_power_of_2(n))
-    # quant: 8 warps beat 16 for a 6144-wide row (probe, eighth H200 session)
+    # quant: 8 warps beat 16 for a 6144-wide row (benchmarks/elementwise_h200.json)
     _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, scale, n, a.stride(0), b.stride(0),
                                                           **_quant_args(quant, a.dtype), BLOCK=block,
                                                           num_warps=min(8 if quant else 16, max(4, block // 256)),
