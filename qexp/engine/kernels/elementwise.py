@@ -202,7 +202,7 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, quant: str | None = None):
     a, b = rows_view(a.reshape(-1, n)), rows_view(b.reshape(-1, n))
     out, scale = _outputs(a, quant)
     block = triton.next_power_of_2(n) if quant else min(2048, triton.next_power_of_2(n))
-    # quant: 8 warps beat 16 for a 6144-wide row (benchmarks/elementwise_h200.json)
+    # quant: 8 warps (16 were no faster for a 6144-wide row in an H200 probe)
     _silu_mul_kernel[(a.shape[0], triton.cdiv(n, block))](a, b, out, scale, n, a.stride(0), b.stride(0),
                                                           **_quant_args(quant, a.dtype), BLOCK=block,
                                                           num_warps=min(8 if quant else 16, max(4, block // 256)),
