@@ -66,7 +66,7 @@ def divide_by_scale(x, scale, rcp, DIV_STEPS: tl.constexpr):
     for _ in tl.static_range(DIV_STEPS):
         # y + (x - y * scale) * rcp computed as y + (y * scale - x) * -rcp: the same value (round to nearest is
         # symmetric), but for x = -0 the sum is -0 + -0 and -0 / scale stays -0, as e4m3 keeps the sign of a
-        # zero. No per-value select (3.5 more SASS instructions per value than this in SiLU * up + quant).
+        # zero. No per-value select (3.3-3.5 more SASS instructions per value than this in SiLU * up + quant).
         y = tl.fma(tl.fma(y, scale, -x), nrcp, y)
     return y
 
