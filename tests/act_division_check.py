@@ -1,18 +1,16 @@
-"""GPU helper of test_kernels: counts where divide_by_scale's 8-bit values differ from an IEEE division's (imported
+"""GPU helper of test_kernels: counts where quantize_with's 8-bit values differ from an IEEE division's (imported
 only by the GPU tests; Triton is not installed on the CPU machine)."""
 import triton
 import triton.language as tl
 
-from qexp.kernels.triton_act_quant import divide_by_scale, row_scale
+from qexp.kernels.triton_act_quant import quantize_with, row_scale, to_8bit
 
 
 @triton.jit
-def _to_8bit(y, IS_FP8: tl.constexpr, QMAX: tl.constexpr):
-    if IS_FP8:
-        q = tl.clamp(y, -QMAX, QMAX).to(tl.float8e4nv).to(tl.int8, bitcast=True)
-    else:
-        q = ((tl.clamp(y, -QMAX, QMAX) + 12582912.0) - 12582912.0).to(tl.int8)
-    return q
+def _same(x, scale, rcp, IS_FP8: tl.constexpr, QMAX: tl.constexpr, DIV_STEPS: tl.constexpr):
+    """The kernels' 8-bit values equal those of the IEEE quotient (compared as bytes)."""
+    return quantize_with(x, scale, rcp, IS_FP8, QMAX, DIV_STEPS).to(tl.int8, bitcast=True) == to_8bit(
+        tl.div_rn(x, scale), IS_FP8, QMAX).to(tl.int8, bitcast=True)
 
 
 @triton.jit
@@ -36,8 +34,7 @@ def every_16bit_pair_kernel(bad_ptr, FP16: tl.constexpr, IS_FP8: tl.constexpr, Q
         xb = x0 + tl.arange(0, BLOCK)
         for sign in tl.static_range(2):
             x = _decode(xb | (sign << 15), FP16)
-            same = _to_8bit(divide_by_scale(x, scale, rcp, DIV_STEPS), IS_FP8, QMAX) == _to_8bit(
-                tl.div_rn(x, scale), IS_FP8, QMAX)
+            same = _same(x, scale, rcp, IS_FP8, QMAX, DIV_STEPS)
             bad += ((xb <= abits) & ~same).to(tl.int32)
     tl.atomic_add(bad_ptr, tl.sum(bad, 0))
 
@@ -49,6 +46,5 @@ def given_pairs_kernel(x_ptr, s_ptr, bad_ptr, n, IS_FP8: tl.constexpr, QMAX: tl.
     m = offs < n
     x = tl.load(x_ptr + offs, mask=m, other=0.0)
     scale = tl.load(s_ptr + offs, mask=m, other=1.0)
-    same = _to_8bit(divide_by_scale(x, scale, tl.div_rn(1.0, scale), DIV_STEPS), IS_FP8, QMAX) == _to_8bit(
-        tl.div_rn(x, scale), IS_FP8, QMAX)
+    same = _same(x, scale, tl.div_rn(1.0, scale), IS_FP8, QMAX, DIV_STEPS)
     tl.atomic_add(bad_ptr, tl.sum((m & ~same).to(tl.int32), 0))

@@ -74,7 +74,12 @@ def divide_by_scale(x, scale, rcp, DIV_STEPS: tl.constexpr):
 @triton.jit
 def quantize_with(x, scale, rcp, IS_FP8: tl.constexpr, QMAX: tl.constexpr, DIV_STEPS: tl.constexpr):
     """float32 values -> 8-bit values at a per-token scale (rcp = div_rn(1, scale))."""
-    y = divide_by_scale(x, scale, rcp, DIV_STEPS)
+    return to_8bit(divide_by_scale(x, scale, rcp, DIV_STEPS), IS_FP8, QMAX)
+
+
+@triton.jit
+def to_8bit(y, IS_FP8: tl.constexpr, QMAX: tl.constexpr):
+    """Quotients x / scale -> int8 (round half to even) or e4m3 (RNE), clamped to +-QMAX."""
     if IS_FP8:
         q = tl.clamp(y, -QMAX, QMAX).to(tl.float8e4nv)
     else:

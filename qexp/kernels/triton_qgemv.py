@@ -26,7 +26,8 @@ from qexp.kernels.triton_common import epilogue, to_float
 @triton.jit
 def _quantize_x(xf, x, p_ptr, k_offs, x_scale, x_rcp, HAS_PRE: tl.constexpr, ACT_FP8: tl.constexpr,
                 QMAX: tl.constexpr, DIV_STEPS: tl.constexpr):
-    """x tile (fp32 xf, original dtype x) -> the values act_quant stores for it, as fp32 (products exact)."""
+    """x tile (fp32 xf, original dtype x) -> the values act_quant stores for it, as fp32 (products exact): the
+    rounding of triton_act_quant.to_8bit kept in float32, since the GEMV multiplies in fp32."""
     if HAS_PRE:
         xf = (xf * tl.load(p_ptr + k_offs)).to(x.dtype).to(tl.float32)
     y = tl.clamp(divide_by_scale(xf, x_scale, x_rcp, DIV_STEPS), -QMAX, QMAX)
