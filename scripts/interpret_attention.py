@@ -1,0 +1,130 @@
+"""The engine's paged attention kernels (Triton) in Triton's CPU interpreter against the SDPA reference: checks their
+indexing, masking, GQA mapping and split-KV combine on a machine with no GPU (not their speed, nor the compiled
+code: scripts/kernel_sass.py compiles for sm_90a on the CPU).
+
+    pip install triton==3.6.0 && python3 scripts/interpret_attention.py [--configs all]
+
+Prefill runs at each of its autotune configs (the interpreter cannot benchmark, so no autotuning), for GQA groups
+of 2, 3 and 1 and block sizes 16 and 256, on fresh prompts and prompts behind a cached prefix; decode at 1, 4 and 16
+splits. Prints the relative error of each case; exits non-zero if one exceeds 1e-2 (bf16 outputs: ~5e-3).
+Two interpreter bugs are patched here, not in Triton: bf16 `tl.dot` operands multiplied as their raw uint16 bits
+(Triton 3.6-3.9), and `range()` bounds loaded from memory failing `__index__` (3.6; fixed by 3.9).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: @triton.jit reads it at decoration
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.runtime import interpreter  # noqa: E402
+
+from qexp.engine.attention import AttentionMetadata, paged_attention_reference  # noqa: E402
+
+_dot = interpreter.InterpreterBuilder.create_dot
+
+
+def _create_dot(self, a, b, d, *rest):
+    def wide(h):  # bf16 is held as uint16 bits: widen to float32 values first
+        if h.dtype.scalar != tl.bfloat16:
+            return h
+        f32 = interpreter._convert_float(h.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return interpreter.TensorHandle(f32, tl.float32)
+    return _dot(self, wide(a), wide(b), d, *rest)
+
+
+_patch_tensor = interpreter._patch_lang_tensor
+
+
+def _patch_lang_tensor(tensor, scope):
+    _patch_tensor(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+
+interpreter.InterpreterBuilder.create_dot = _create_dot
+interpreter._patch_lang_tensor = _patch_lang_tensor
+pa = importlib.import_module("qexp.engine.kernels.paged_attention")
+
+
+class _AtConfig:
+    """Stands in for the autotuned prefill kernel: launches its JIT function at one config."""
+
+    def __init__(self, autotuned):
+        self.fn, self.configs, self.cfg = autotuned.fn, autotuned.configs, autotuned.configs[0]
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            meta = dict(self.cfg.kwargs)
+            self.fn[grid(meta) if callable(grid) else grid](*args, **kwargs, **meta)
+        return launch
+
+
+def paged_case(ctx_lens, new_lens, block_size, heads, kv, d=128, seed=0):
+    """A paged cache holding each sequence's context in shuffled blocks, and q for its new tokens (CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks_per = [math.ceil(c / block_size) for c in ctx_lens]
+    num_blocks = sum(blocks_per) + 3
+    kc = torch.randn(num_blocks, block_size, kv, d, generator=g).bfloat16()
+    vc = torch.randn(num_blocks, block_size, kv, d, generator=g).bfloat16()
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    tables, i = [], 0
+    for n in blocks_per:
+        tables.append(perm[i:i + n])
+        i += n
+    width = max(blocks_per)
+    bt = torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32)
+    q = torch.randn(sum(new_lens), heads, d, generator=g).bfloat16()
+    cu = torch.tensor([0] + list(torch.tensor(new_lens).cumsum(0)), dtype=torch.int32)
+    meta = AttentionMetadata(is_prefill=True, slot_mapping=torch.empty(0), block_tables=bt,
+                             context_lens=torch.tensor(ctx_lens, dtype=torch.int32), cu_seqlens_q=cu,
+                             max_seqlen_q=max(new_lens), max_context_len=max(ctx_lens))
+    return q, kc, vc, meta
+
+
+def _rel(out, ref) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="first", choices=["first", "all"], help="prefill autotune configs to run")
+    args = ap.parse_args()
+    scale, worst = 128 ** -0.5, 0.0
+    prefill = _AtConfig(pa._prefill_kernel)
+    pa._prefill_kernel = prefill
+    for heads, kv in ((16, 8), (12, 4), (8, 8)):
+        for block_size in (16, 256):
+            ctx, new = [1, 77, 300, 513, 129], [1, 77, 45, 200, 129]  # fresh, and behind a cached prefix
+            q, kc, vc, meta = paged_case(ctx, new, block_size, heads, kv)
+            ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
+            for cfg in prefill.configs if args.configs == "all" else prefill.configs[:1]:
+                prefill.cfg = cfg
+                t = time.time()
+                out = pa.prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.context_lens, meta.block_tables,
+                                           meta.max_seqlen_q, scale)
+                worst = max(worst, err := _rel(out, ref))
+                print(f"prefill H={heads} KV={kv} block {block_size} {cfg.kwargs} warps {cfg.num_warps}: "
+                      f"rel err {err:.2e} ({time.time() - t:.0f} s)", flush=True)
+    ctx = [1, 5, 64, 300, 1000, 17]
+    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, 16, 8, seed=1)
+    ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
+    for splits in (1, 4, 16):
+        out = pa.decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, scale, splits=splits)
+        err = max(_rel(out[i], ref[i]) for i in range(len(ctx)))
+        worst = max(worst, err)
+        print(f"decode splits {splits}: worst sequence rel err {err:.2e}", flush=True)
+    print(f"worst {worst:.2e}: {'ok' if worst < 1e-2 else 'FAIL'}")
+    return 0 if worst < 1e-2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
