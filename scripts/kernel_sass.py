@@ -39,13 +39,14 @@ def _desc(dtype: str, rows: int, cols: int, gdt) -> str:
     return f"tensordesc<{dtype}[{rows}, {cols}],{layout!r}>"
 
 
-def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None):
+def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str = "bf16"):
+    """x: the activations' dtype ("bf16"; "fp16" for scripts/probe_rs_variants.py's fp16-compute variant)."""
     import importlib
     mod, name, _ = KERNELS[kernel]
     fn = getattr(importlib.import_module(mod), name)
     const = {**DEFAULTS, **cfg}
     wdt, gw = ("i8", gl.int8) if w == "int8" else ("fp8e4nv", gl.float8e4nv)
-    sig = {"x_desc": _desc("bf16", const["BLOCK_M"], const["BLOCK_K"], gl.bfloat16),
+    sig = {"x_desc": _desc(x, const["BLOCK_M"], const["BLOCK_K"], {"bf16": gl.bfloat16, "fp16": gl.float16}[x]),
            "w_desc": _desc(wdt, const["BLOCK_N"], const["BLOCK_K"], gw), "out_ptr": "*bf16", "ws_ptr": "*fp32",
            "bias_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
            "stride_om": "i32", "stride_wsn": "i32", "stride_wsg": "i32", "tiles_per_split": "i32"}
