@@ -24,14 +24,14 @@ from qexp.kernels.triton_common import epilogue, to_float
 
 
 @triton.jit
-def _quantize_x(xf, x, p_ptr, k_offs, x_scale, x_rcp, HAS_PRE: tl.constexpr, ACT_FP8: tl.constexpr,
+def _quantize_x(xf, x, p_ptr, k_offs, x_scale, x_rcp, HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr,
                 QMAX: tl.constexpr, DIV_STEPS: tl.constexpr):
     """x tile (fp32 xf, original dtype x) -> the values act_quant stores for it, as fp32 (products exact): the
     rounding of triton_act_quant.to_8bit kept in float32, since the GEMV multiplies in fp32."""
     if HAS_PRE:
         xf = (xf * tl.load(p_ptr + k_offs)).to(x.dtype).to(tl.float32)
     y = tl.clamp(divide_by_scale(xf, x_scale, x_rcp, DIV_STEPS), -QMAX, QMAX)
-    if ACT_FP8:
+    if IS_FP8:
         return y.to(tl.float8e4nv).to(tl.float32)
     return (y + 12582912.0) - 12582912.0  # round half to even, as torch.round
 
@@ -41,7 +41,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
                  M, N, K, stride_xm, stride_wn, stride_om, stride_wsn, stride_wsg, group_size, tiles_per_split,
                  GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_TILE: tl.constexpr,
-                 A8: tl.constexpr, ACT_FP8: tl.constexpr, HAS_PRE: tl.constexpr, QMAX: tl.constexpr,
+                 A8: tl.constexpr, IS_FP8: tl.constexpr, HAS_PRE: tl.constexpr, QMAX: tl.constexpr,
                  QMAX_INV: tl.constexpr, DIV_STEPS: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = 1):
     if PDL:
         gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
@@ -90,7 +90,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
             wf = to_float(w)
             xf = x.to(tl.float32)
             if A8:
-                xf = _quantize_x(xf, x, pre_ptr, k0 + k_in, x_scale[:, None], x_rcp[:, None], HAS_PRE, ACT_FP8, QMAX,
+                xf = _quantize_x(xf, x, pre_ptr, k0 + k_in, x_scale[:, None], x_rcp[:, None], HAS_PRE, IS_FP8, QMAX,
                                  DIV_STEPS)
             if GROUPED:
                 s = tl.load(ws_ptr + offs_n_ld[:, None] * stride_wsn + ((k0 + offs_g * GROUP_TILE) // group_size)[
@@ -114,7 +114,7 @@ def qgemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, pre_ptr,
             xf = x.to(tl.float32)
             if A8:
                 xf = _quantize_x(xf, x, pre_ptr, (k0 + offs_k)[None, :], x_scale[:, None], x_rcp[:, None], HAS_PRE,
-                                 ACT_FP8, QMAX, DIV_STEPS)
+                                 IS_FP8, QMAX, DIV_STEPS)
             if GROUPED:  # the K tile lies inside one group
                 wf = wf * tl.load(ws_ptr + offs_n_ld * stride_wsn + (k0 // group_size) * stride_wsg)[:, None]
             acc += tl.sum(wf[None, :, :] * xf[:, None, :], axis=2)

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from qexp.kernels import configs, pdl
-from qexp.kernels.triton_act_quant import div_steps
+from qexp.kernels.triton_act_quant import quant_args
 from qexp.kernels.triton_common import epilogue, grouped_tile, scale_layout, to_float
 from qexp.kernels.triton_qgemv import qgemv_kernel
-from qexp.quant import qdq
 
 
 # runtime ints that vary between recipes/shapes are not specialised, so one compiled kernel serves them all
@@ -121,7 +119,6 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
     if cfg["backend"] == "gemv":
         if x_scale is not None:
             raise ValueError("the GEMV kernel quantizes x itself: pass act_dtype, not x_scale")
-        qmax = float(qdq.QMAX[act_dtype]) if act_dtype else 1.0
         qgemv_kernel[grid](
             x, w_q, out, w_scale, bias if bias is not None else w_scale,
             pre_scale if pre_scale is not None else w_scale,
@@ -129,8 +126,8 @@ def qmm(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
             triton.cdiv(k, block_k) // split_k, GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k,
             BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
             GROUP_TILE=min(group_size, block_k) if grouped else block_k,
-            A8=act_dtype is not None, ACT_FP8=act_dtype == "fp8", HAS_PRE=pre_scale is not None,
-            QMAX=qmax, QMAX_INV=float(np.float32(1.0) / np.float32(qmax)), DIV_STEPS=div_steps(x.dtype),
+            A8=act_dtype is not None, HAS_PRE=pre_scale is not None,
+            **quant_args(act_dtype or "int8", x.dtype),  # (weight-only: unused)
             PREFETCH=cfg.get("PREFETCH", 1),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(x.device))
     else:
