@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
 import time
@@ -22,13 +21,14 @@ from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: @triton.jit reads it at decoration
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
-from qexp.engine.attention import AttentionMetadata, paged_attention_reference  # noqa: E402
+from paged_cases import paged_case  # noqa: E402  (tests/: the GPU tests' cases)
+from qexp.engine.attention import paged_attention_reference  # noqa: E402
 
 _dot = interpreter.InterpreterBuilder.create_dot
 
@@ -68,28 +68,6 @@ class _AtConfig:
         return launch
 
 
-def paged_case(ctx_lens, new_lens, block_size, heads, kv, d=128, seed=0):
-    """A paged cache holding each sequence's context in shuffled blocks, and q for its new tokens (CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    blocks_per = [math.ceil(c / block_size) for c in ctx_lens]
-    num_blocks = sum(blocks_per) + 3
-    kc = torch.randn(num_blocks, block_size, kv, d, generator=g).bfloat16()
-    vc = torch.randn(num_blocks, block_size, kv, d, generator=g).bfloat16()
-    perm = torch.randperm(num_blocks, generator=g).tolist()
-    tables, i = [], 0
-    for n in blocks_per:
-        tables.append(perm[i:i + n])
-        i += n
-    width = max(blocks_per)
-    bt = torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32)
-    q = torch.randn(sum(new_lens), heads, d, generator=g).bfloat16()
-    cu = torch.tensor([0] + list(torch.tensor(new_lens).cumsum(0)), dtype=torch.int32)
-    meta = AttentionMetadata(is_prefill=True, slot_mapping=torch.empty(0), block_tables=bt,
-                             context_lens=torch.tensor(ctx_lens, dtype=torch.int32), cu_seqlens_q=cu,
-                             max_seqlen_q=max(new_lens), max_context_len=max(ctx_lens))
-    return q, kc, vc, meta
-
-
 def _rel(out, ref) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
@@ -104,7 +82,7 @@ def main() -> int:
     for heads, kv in ((16, 8), (12, 4), (8, 8)):
         for block_size in (16, 256):
             ctx, new = [1, 77, 300, 513, 129], [1, 77, 45, 200, 129]  # fresh, and behind a cached prefix
-            q, kc, vc, meta = paged_case(ctx, new, block_size, heads, kv)
+            q, kc, vc, meta = paged_case(ctx, new, block_size, heads, kv, device="cpu")
             ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
             for cfg in prefill.configs if args.configs == "all" else prefill.configs[:1]:
                 prefill.cfg = cfg
@@ -115,7 +93,7 @@ def main() -> int:
                 print(f"prefill H={heads} KV={kv} block {block_size} {cfg.kwargs} warps {cfg.num_warps}: "
                       f"rel err {err:.2e} ({time.time() - t:.0f} s)", flush=True)
     ctx = [1, 5, 64, 300, 1000, 17]
-    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, 16, 8, seed=1)
+    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, 16, 8, seed=1, device="cpu")
     ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
     for splits in (1, 4, 16):
         out = pa.decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, scale, splits=splits)

@@ -1,14 +1,10 @@
 """The engine's Triton kernels against plain-torch references (GPU only)."""
-import math
 
 import pytest
 import torch
 
-from qexp.engine.attention import (
-    AttentionMetadata,
-    paged_attention_reference,
-    store_kv_reference,
-)
+from paged_cases import paged_case  # (tests/, beside this file)
+from qexp.engine.attention import paged_attention_reference, store_kv_reference
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -18,34 +14,12 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def _paged_setup(ctx_lens, new_lens, block_size, H=16, KV=8, D=128, seed=0):
-    """A random paged cache holding each sequence's context in shuffled blocks, and q for its new tokens."""
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    blocks_per = [math.ceil(c / block_size) for c in ctx_lens]
-    num_blocks = sum(blocks_per) + 3
-    kc = torch.randn(num_blocks, block_size, KV, D, device=DEV, generator=g).bfloat16()
-    vc = torch.randn(num_blocks, block_size, KV, D, device=DEV, generator=g).bfloat16()
-    perm = torch.randperm(num_blocks, device=DEV, generator=g).tolist()
-    tables, i = [], 0
-    for n in blocks_per:
-        tables.append(perm[i:i + n])
-        i += n
-    width = max(blocks_per)
-    bt = torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32, device=DEV)
-    q = torch.randn(sum(new_lens), H, D, device=DEV, generator=g).bfloat16()
-    cu = torch.tensor([0] + list(torch.tensor(new_lens).cumsum(0)), dtype=torch.int32, device=DEV)
-    meta = AttentionMetadata(is_prefill=True, slot_mapping=torch.empty(0, device=DEV), block_tables=bt,
-                             context_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=DEV), cu_seqlens_q=cu,
-                             max_seqlen_q=max(new_lens), max_context_len=max(ctx_lens))
-    return q, kc, vc, meta
-
-
 @pytest.mark.parametrize("block_size", [16, 256])
 def test_prefill_attention_matches_reference(block_size):
     from qexp.engine.kernels import prefill_attention
     # fresh prompts and prompts behind a cached prefix (ctx > new), lengths off the tile sizes
     ctx, new = [1, 77, 300, 513, 129], [1, 77, 45, 200, 129]
-    q, kc, vc, meta = _paged_setup(ctx, new, block_size)
+    q, kc, vc, meta = paged_case(ctx, new, block_size)
     out = prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, meta.max_seqlen_q,
                             128 ** -0.5)
     ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, 128 ** -0.5)
@@ -58,7 +32,7 @@ def test_decode_attention_matches_reference(splits):
     batch-1 default), called three times on the same buffers."""
     from qexp.engine.kernels import decode_attention
     ctx = [1, 5, 64, 300, 1000, 17]
-    q, kc, vc, meta = _paged_setup(ctx, [1] * len(ctx), 16, seed=1)
+    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, seed=1)
     ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, 128 ** -0.5)
     for _ in range(3):
         out = decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=splits)
