@@ -68,38 +68,39 @@ def _word_layout(block_n, block_k, num_warps, packing):
                                       shape=[block_n, block_k // 4])
 
 
-def _packed_load_a(packing: str):
-    @gluon.jit
-    def load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
-        w32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_tile.layout.swizzle_byte_width,
-                                                 element_bitwidth=32, rank=2)
-        words = w_tile._reinterpret(gl.int32, [BLOCK_N, BLOCK_K // 4], w32).load(
-            _word_layout(BLOCK_N, BLOCK_K, num_warps, PACKING))
-        fill = gl.zeros_like(words) + (rs._fill_byte() + (0x21 if FP16 else 0))  # 0x43 (bf16) or 0x64 (fp16)
-        if w_tile.dtype == gl.int8:
-            lo, hi = gl.inline_asm_elementwise(_I8X4_F16 if FP16 else _I8X4, "=r,=r,r,r", [words, fill],
-                                               dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
-        else:
-            lo, hi = gl.inline_asm_elementwise(_E4M3X4_F16 if FP16 else _E4M3X4, "=r,=r,r", [words],
-                                               dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
-        # lo holds logical pair 8j + t of the step, hi pair 8j + t + 4: order them as the pair layout's index
-        if PACKING == "p16":  # word 4j + t
-            lo = gl.reshape(lo, [BLOCK_N, BLOCK_K // 16, 4])
-            hi = gl.reshape(hi, [BLOCK_N, BLOCK_K // 16, 4])
-            v = gl.permute(gl.join(lo, hi), (0, 1, 3, 2))  # (row, j, h, t)
-        else:  # word 32s + 8t + j
-            lo = gl.reshape(lo, [BLOCK_N, BLOCK_K // 128, 4, 8])
-            hi = gl.reshape(hi, [BLOCK_N, BLOCK_K // 128, 4, 8])
-            v = gl.permute(gl.join(lo, hi), (0, 1, 3, 4, 2))  # (row, s, j, h, t)
-        v = gl.convert_layout(gl.reshape(v, [BLOCK_N, BLOCK_K // 2]), rs._pair_layout(BLOCK_N, BLOCK_K, num_warps),
-                              assert_trivial=True)
-        ty: gl.constexpr = gl.float16 if FP16 else gl.bfloat16
-        lo = v.to(gl.int16).to(ty, bitcast=True)
-        hi = (v >> 16).to(gl.int16).to(ty, bitcast=True)
-        return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K]), a_l, assert_trivial=True)
-    load_a.fn.__globals__["PACKING"] = gl.constexpr(packing.split("-")[0])
-    load_a.fn.__globals__["FP16"] = gl.constexpr(packing.endswith("fp16"))
-    return load_a
+# the packed variant this process compiles (main sets them: one variant a process)
+PACKING = gl.constexpr("p16")
+FP16 = gl.constexpr(False)
+
+
+@gluon.jit
+def _packed_load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
+    w32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_tile.layout.swizzle_byte_width,
+                                             element_bitwidth=32, rank=2)
+    words = w_tile._reinterpret(gl.int32, [BLOCK_N, BLOCK_K // 4], w32).load(
+        _word_layout(BLOCK_N, BLOCK_K, num_warps, PACKING))
+    fill = gl.zeros_like(words) + (rs._fill_byte() + (0x21 if FP16 else 0))  # 0x43 (bf16) or 0x64 (fp16)
+    if w_tile.dtype == gl.int8:
+        lo, hi = gl.inline_asm_elementwise(_I8X4_F16 if FP16 else _I8X4, "=r,=r,r,r", [words, fill],
+                                           dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
+    else:
+        lo, hi = gl.inline_asm_elementwise(_E4M3X4_F16 if FP16 else _E4M3X4, "=r,=r,r", [words],
+                                           dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
+    # lo holds logical pair 8j + t of the step, hi pair 8j + t + 4: order them as the pair layout's index
+    if PACKING == "p16":  # word 4j + t
+        lo = gl.reshape(lo, [BLOCK_N, BLOCK_K // 16, 4])
+        hi = gl.reshape(hi, [BLOCK_N, BLOCK_K // 16, 4])
+        v = gl.permute(gl.join(lo, hi), (0, 1, 3, 2))  # (row, j, h, t)
+    else:  # word 32s + 8t + j
+        lo = gl.reshape(lo, [BLOCK_N, BLOCK_K // 128, 4, 8])
+        hi = gl.reshape(hi, [BLOCK_N, BLOCK_K // 128, 4, 8])
+        v = gl.permute(gl.join(lo, hi), (0, 1, 3, 4, 2))  # (row, s, j, h, t)
+    v = gl.convert_layout(gl.reshape(v, [BLOCK_N, BLOCK_K // 2]), rs._pair_layout(BLOCK_N, BLOCK_K, num_warps),
+                          assert_trivial=True)
+    ty: gl.constexpr = gl.float16 if FP16 else gl.bfloat16
+    lo = v.to(gl.int16).to(ty, bitcast=True)
+    hi = (v >> 16).to(gl.int16).to(ty, bitcast=True)
+    return gl.convert_layout(gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K]), a_l, assert_trivial=True)
 
 
 # one byte pair -> f16x2: sign flip, bytes under 0x64 (fp16 1024 + u), minus 1024 + 128
@@ -139,7 +140,9 @@ def main() -> None:
         return
     cfg = eval(f"dict({args.cfg})")  # noqa: S307 - a developer's command line
     if args.variant in ("p16", "p128", "p16-fp16"):
-        rs._load_a = _packed_load_a(args.variant)
+        global PACKING, FP16
+        PACKING, FP16 = gl.constexpr(args.variant.split("-")[0]), gl.constexpr(args.variant.endswith("fp16"))
+        rs._load_a = _packed_load_a
     elif args.variant == "fp16":
         rs._load_a = _fp16_load_a
     x = "fp16" if args.variant.endswith("fp16") else "bf16"
