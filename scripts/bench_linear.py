@@ -101,6 +101,11 @@ def checked_us(call, ref: torch.Tensor, n_copies: int, label: str) -> tuple[floa
         return None
 
 
+def variant(cfg: dict) -> str:
+    """A config's kernel variant: its backend, plus the boolean switches that change the kernel's code."""
+    return "+".join([cfg["backend"], *sorted(f for f, on in cfg.items() if on is True)])
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(out).all():
         return float("inf")
@@ -195,7 +200,7 @@ def main():
                 ref = reference.quantized_linear(x, q, s, group_size=r["gs"], act_dtype=r["act"])
                 qs = [(q.clone(), s.clone()) for _ in range(n_copies)]
                 x_q, x_s = quantize_activation(x, r["act"]) if r.get("xq") else (None, None)
-                best = None
+                best, by_variant = None, {}
                 for cfg in plan_cfgs(r, k, n, m):
                     if r.get("xq"):
                         def call(i, cfg=cfg):
@@ -208,6 +213,8 @@ def main():
                     if timed is None:
                         continue
                     us, err = timed
+                    v = variant(cfg)
+                    by_variant[v] = round(min(us, by_variant.get(v, us)), 3)
                     if best is None or us < best[0]:
                         best = (us, cfg, err)
                 del qs
@@ -218,10 +225,16 @@ def main():
                     tuned[configs.key(kind_of(r), n, k, m)] = cfg
                 results.append({"recipe": r["name"], "K": k, "N": n, "M": m, "us": round(us, 3),
                                 "bf16_us": round(bf16_us, 3), "speedup": round(bf16_us / us, 3),
-                                "rel_err": err, "config": cfg})
+                                "rel_err": err, "config": cfg,
+                                **({"best_by_variant": by_variant} if len(by_variant) > 1 else {})})
+            here = [x for x in results if (x["K"], x["N"], x["M"]) == (k, n, m)]
             print(f"K{k} N{n} M{m}: bf16 {bf16_us:.1f}us  " + "  ".join(
-                f"{x['recipe']} {x['speedup']:.2f}x" for x in results if (x["K"], x["N"], x["M"]) == (k, n, m)),
-                flush=True)
+                f"{x['recipe']} {x['speedup']:.2f}x" for x in here), flush=True)
+            for x in here:  # when tuning: how close each kernel variant came (the winner alone hides a near miss)
+                if "best_by_variant" in x:
+                    print(f"  {x['recipe']}: " + "  ".join(
+                        f"{v} {bf16_us / us:.2f}x" for v, us in sorted(x["best_by_variant"].items(),
+                                                                        key=lambda kv: kv[1])), flush=True)
         del quant
         torch.cuda.empty_cache()
         save(args, name, tuned, results)  # after every shape: a run cut short keeps what it measured
