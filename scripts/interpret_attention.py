@@ -5,8 +5,9 @@ code: scripts/kernel_sass.py compiles for sm_90a on the CPU).
     pip install triton==3.6.0 && python3 scripts/interpret_attention.py [--configs all]
 
 Prefill runs at each of its autotune configs (the interpreter cannot benchmark, so no autotuning), for GQA groups
-of 2, 3 and 1 and block sizes 16 and 256, on fresh prompts and prompts behind a cached prefix; decode at 1, 4 and 16
-splits. Prints the relative error of each case; exits non-zero if one exceeds 1e-2 (bf16 outputs: ~5e-3).
+of 2, 3 and 1 at head_dim 128 and the tests' tiny Qwen3 (4 heads, 2 kv heads, head_dim 16), block sizes 16 and 256,
+on fresh prompts and prompts behind a cached prefix; decode at 1, 4 and 16 splits. Prints the relative error of
+each case; exits non-zero if one exceeds 1e-2 (bf16 outputs: ~5e-3).
 Two interpreter bugs are patched here, not in Triton: bf16 `tl.dot` operands multiplied as their raw uint16 bits
 (Triton 3.6-3.9), and `range()` bounds loaded from memory failing `__index__` (3.6; fixed by 3.9).
 """
@@ -79,10 +80,10 @@ def main() -> int:
     scale, worst = 128 ** -0.5, 0.0
     prefill = _AtConfig(pa._prefill_kernel)
     pa._prefill_kernel = prefill
-    for heads, kv in ((16, 8), (12, 4), (8, 8)):
+    for heads, kv, d in ((16, 8, 128), (12, 4, 128), (8, 8, 128), (4, 2, 16)):  # the last: tests' tiny Qwen3
         for block_size in (16, 256):
             ctx, new = [1, 77, 300, 513, 129], [1, 77, 45, 200, 129]  # fresh, and behind a cached prefix
-            q, kc, vc, meta = paged_case(ctx, new, block_size, heads, kv, device="cpu")
+            q, kc, vc, meta = paged_case(ctx, new, block_size, heads, kv, d, device="cpu")
             ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
             for cfg in prefill.configs if args.configs == "all" else prefill.configs[:1]:
                 prefill.cfg = cfg
@@ -90,7 +91,7 @@ def main() -> int:
                 out = pa.prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.context_lens, meta.block_tables,
                                            meta.max_seqlen_q, scale)
                 worst = max(worst, err := _rel(out, ref))
-                print(f"prefill H={heads} KV={kv} block {block_size} {cfg.kwargs} warps {cfg.num_warps}: "
+                print(f"prefill H={heads} KV={kv} D={d} block {block_size} {cfg.kwargs} warps {cfg.num_warps}: "
                       f"rel err {err:.2e} ({time.time() - t:.0f} s)", flush=True)
     ctx = [1, 5, 64, 300, 1000, 17]
     q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, 16, 8, seed=1, device="cpu")

@@ -14,12 +14,14 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+# GQA groups of 2, 3 (padded to 4) and 1; the last: the tests' tiny Qwen3 (head_dim 16)
+@pytest.mark.parametrize("heads", [(16, 8, 128), (12, 4, 128), (8, 8, 128), (4, 2, 16)])
 @pytest.mark.parametrize("block_size", [16, 256])
-def test_prefill_attention_matches_reference(block_size):
+def test_prefill_attention_matches_reference(block_size, heads):
     from qexp.engine.kernels import prefill_attention
     # fresh prompts and prompts behind a cached prefix (ctx > new), lengths off the tile sizes
     ctx, new = [1, 77, 300, 513, 129], [1, 77, 45, 200, 129]
-    q, kc, vc, meta = paged_case(ctx, new, block_size)
+    q, kc, vc, meta = paged_case(ctx, new, block_size, *heads)
     out = prefill_attention(q, kc, vc, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, meta.max_seqlen_q,
                             128 ** -0.5)
     ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, 128 ** -0.5)

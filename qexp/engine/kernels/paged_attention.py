@@ -46,31 +46,36 @@ def _softmax_step(s, v, m_i, l_i, acc):
 
 @triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-             for m, n, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
-                                (128, 128, 8, 3), (64, 128, 4, 2))],
+             # rows = GROUP_PAD * BLOCK_M; (128, 64, 8, 2), 256 rows at Qwen3's GQA 2, spilled registers (sm_90a)
+             for m, n, w, s in ((64, 64, 8, 3), (64, 128, 8, 2), (64, 128, 8, 3), (32, 64, 4, 3),
+                                (32, 64, 4, 2))],
     key=["H", "KV", "D", "BLOCK_SIZE"])
 @triton.jit
 def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, bt_stride, scale,
                     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    GROUP_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program: BLOCK_M query positions x the H // KV query heads of one kv head, as GROUP_PAD * BLOCK_M
+    # rows (head-major), so each K/V tile is gathered from the cache once for the whole GQA group
     mblk = tl.program_id(0)
     b = tl.program_id(1)
-    h = tl.program_id(2)
-    kvh = h // (H // KV)
+    kvh = tl.program_id(2)
+    GROUP: tl.constexpr = H // KV
     q_start = tl.load(cu_q_ptr + b)
     n_q = tl.load(cu_q_ptr + b + 1) - q_start
     if mblk * BLOCK_M >= n_q:
         return
     ctx = tl.load(ctx_ptr + b)
-    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, GROUP_PAD * BLOCK_M)
+    g = offs_r // BLOCK_M
+    offs_m = mblk * BLOCK_M + offs_r % BLOCK_M
     offs_d = tl.arange(0, D)
     q_pos = ctx - n_q + offs_m  # absolute positions of these query rows
-    m_mask = offs_m < n_q
-    q_rows = (q_start + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + (q_rows[:, None] * H + h) * D + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    r_mask = (offs_m < n_q) & (g < GROUP)
+    rows = ((q_start + offs_m).to(tl.int64) * H + kvh * GROUP + g) * D  # (token, head) of each row
+    q = tl.load(q_ptr + rows[:, None] + offs_d[None, :], mask=r_mask[:, None], other=0.0)
+    m_i = tl.full([GROUP_PAD * BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD * BLOCK_M], tl.float32)
+    acc = tl.zeros([GROUP_PAD * BLOCK_M, D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x * log2 e)
     end = tl.minimum(ctx, ctx - n_q + (mblk + 1) * BLOCK_M)
     # keys below every row's position need no mask: whole tiles up to the first row's position
@@ -88,8 +93,7 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
         s = tl.where((k_pos[None, :] <= q_pos[:, None]) & k_mask[None, :], s, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + (q_rows[:, None] * H + h) * D + offs_d[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=m_mask[:, None])
+    tl.store(out_ptr + rows[:, None] + offs_d[None, :], acc.to(out_ptr.dtype.element_ty), mask=r_mask[:, None])
 
 
 @triton.jit
@@ -174,10 +178,11 @@ def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tab
     out = torch.empty_like(q)
 
     def grid(meta):
-        return triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), B, H
+        return triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), B, KV
     # autotuned once per head layout (on the engine's warm-up prefill); the kernel only writes `out`
     _prefill_kernel[grid](q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
-                          block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size)
+                          block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
+                          GROUP_PAD=triton.next_power_of_2(H // KV))
     return out
 
 
