@@ -83,9 +83,15 @@ def to_8bit(y, IS_FP8: tl.constexpr, QMAX: tl.constexpr):
     if IS_FP8:
         q = tl.clamp(y, -QMAX, QMAX).to(tl.float8e4nv)
     else:
-        # adding then subtracting 1.5 * 2^23 rounds |y| <= 127 to the nearest integer, ties to even (torch.round)
-        q = ((tl.clamp(y, -QMAX, QMAX) + 12582912.0) - 12582912.0).to(tl.int8)
+        q = round_half_even(tl.clamp(y, -QMAX, QMAX)).to(tl.int8)
     return q
+
+
+@triton.jit
+def round_half_even(y):
+    """float32 |y| <= 2^22 rounded to the nearest integer, ties to even (torch.round), still float32: adding then
+    subtracting 1.5 * 2^23 leaves no fraction bits."""
+    return (y + 12582912.0) - 12582912.0
 
 
 def div_steps(x_dtype: torch.dtype) -> int:

@@ -19,21 +19,21 @@ import triton
 import triton.language as tl
 
 from qexp.kernels.pdl import gdc_launch_dependents, gdc_wait
-from qexp.kernels.triton_act_quant import divide_by_scale, row_scale
+from qexp.kernels.triton_act_quant import divide_by_scale, round_half_even, row_scale
 from qexp.kernels.triton_common import epilogue, to_float
 
 
 @triton.jit
 def _quantize_x(xf, x, p_ptr, k_offs, x_scale, x_rcp, HAS_PRE: tl.constexpr, IS_FP8: tl.constexpr,
                 QMAX: tl.constexpr, DIV_STEPS: tl.constexpr):
-    """x tile (fp32 xf, original dtype x) -> the values act_quant stores for it, as fp32 (products exact): the
-    rounding of triton_act_quant.to_8bit kept in float32, since the GEMV multiplies in fp32."""
+    """x tile (fp32 xf, original dtype x) -> the values act_quant stores for it, as fp32 (products exact):
+    triton_act_quant.to_8bit's rounding without its final convert, since the GEMV multiplies in fp32."""
     if HAS_PRE:
         xf = (xf * tl.load(p_ptr + k_offs)).to(x.dtype).to(tl.float32)
     y = tl.clamp(divide_by_scale(xf, x_scale, x_rcp, DIV_STEPS), -QMAX, QMAX)
     if IS_FP8:
         return y.to(tl.float8e4nv).to(tl.float32)
-    return (y + 12582912.0) - 12582912.0  # round half to even, as torch.round
+    return round_half_even(y)
 
 
 @triton.jit(do_not_specialize=["M", "stride_wsn", "stride_wsg", "group_size", "tiles_per_split"])
