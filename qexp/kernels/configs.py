@@ -253,7 +253,8 @@ def _rs_candidates(b: int) -> list[dict]:
                 stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
                 _rs(64, 64, 64, split_k=4, stages=8), _rs(64, 64, 128, stages=6, producer=True),
                 _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
-                                                                        producer=True)]
+                                                                        producer=True),
+                _rs(64, 32, 128, split_k=2, stages=6), _rs(64, 32, 128, split_k=4, stages=6)]
     if b == 128:
         return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
                 stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 64, split_k=2),
@@ -266,7 +267,14 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 128, 128, producer=True), _rs(64, 128, 128, stages=5, producer=True),
                 _rs(64, 128, 128, split_k=4, stages=5, producer=True), _rs(64, 128, 64, stages=8, producer=True),
                 _rs(128, 128, 128, warps=8, stages=4, producer=True), _rs(128, 128, 64, warps=8, stages=6,
-                                                                            producer=True)]
+                                                                            producer=True),
+                # 64- and 32-token tiles: two to four programs per weight strip (its second read from L2), so
+                # N = 1024-2048 spreads over the SMs (H200, 2026-12-01: N=1024 0.72x -> 0.97x bf16)
+                _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
+                _rs(64, 64, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
+                _rs(64, 32, 128, split_k=4, stages=6), _rs(64, 64, 128, split_k=4, stages=6, producer=True),
+                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=3, stages=6),
+                _rs(64, 64, 128, split_k=2, stages=6, producer=True)]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
@@ -275,9 +283,12 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3),
                 _rs(128, 256, 64, warps=8, producer=True), _rs(128, 128, 64, warps=8, stages=5, producer=True),
                 _rs(64, 256, 64, producer=True), _rs(64, 128, 128, producer=True),
-                # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session (not tuned yet)
+                # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session; 64-token tiles
                 _rs(64, 128, 128, split_k=2, stages=5), _rs(64, 128, 128, split_k=3, stages=5),
-                _rs(64, 128, 128, split_k=4, stages=5)]
+                _rs(64, 128, 128, split_k=4, stages=5),
+                _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
+                _rs(64, 128, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
+                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True)]
     if b >= 1024:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
                 _rs(128, 256, 64, warps=8, stages=3), _rs(128, 128, 64, warps=8, stages=3),
