@@ -378,8 +378,10 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs._rs(128, 64, 64, warps=8, split_k=2, stages=6),
                                  configs._rs(128, 128, 64, warps=8, stages=5), configs._rs(128, 256, 64, warps=8),
                                  configs._rs(256, 128, 64, warps=8),
-                                 # 32-token tiles (wgmma N = 32; up to ten M tiles per weight strip)
+                                 # 32- and 16-token tiles (wgmma N = 32 / 16; up to 19 M tiles per weight strip)
                                  configs._rs(64, 32, 128, split_k=2, stages=6),
+                                 configs._rs(64, 16, 128, split_k=4, stages=6),
+                                 configs._rs(64, 16, 128, split_k=2, stages=6, producer=True),
                                  # a producer warp: ring deeper than a split, one tile per split, 8 consumer warps
                                  configs._rs(64, 128, 128, stages=5, producer=True),
                                  configs._rs(64, 64, 128, split_k=16, stages=2, producer=True),

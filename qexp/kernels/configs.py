@@ -247,7 +247,12 @@ def _skinny_candidates(b: int) -> list[dict]:
 
 
 def _rs_candidates(b: int) -> list[dict]:
-    """M tiles of 64-256 tokens (wgmma's N); split-K where few weight strips would leave SMs idle."""
+    """M tiles of 16-256 tokens (wgmma's N); split-K where few weight strips would leave SMs idle."""
+    if b == 16:  # wgmma's N = 16 with the weight in registers, against skinny's mma.sync (not yet timed)
+        return [_rs(64, 16, 128, split_k=2, stages=6), _rs(64, 16, 128, split_k=4, stages=6),
+                _rs(64, 16, 64, split_k=4, stages=8), _rs(128, 16, 128, warps=8, split_k=2, stages=6),
+                _rs(64, 16, 128, split_k=2, stages=6, producer=True), _rs(64, 16, 128, split_k=4, stages=6,
+                                                                          producer=True)]
     if b == 64:
         return [_rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4,
                 stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
