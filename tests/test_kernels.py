@@ -614,7 +614,10 @@ def test_w8a8_matches_reference(act, m):
                                  configs._gluon_a8(128, 64, 128, split_k=4, stages=5),
                                  configs._gluon_a8(128, 128, 128, warps=8, split_k=2),
                                  configs._gluon_a8(128, 256, 128, warps=8, stages=3),
-                                 configs._gluon_a8(256, 128, 128, warps=8, stages=3)],
+                                 configs._gluon_a8(256, 128, 128, warps=8, stages=3),
+                                 # grouped token tiles: 5 at M=300 in groups of 2 (the last one short), or one group
+                                 configs._gluon_a8(128, 64, 128, split_k=2, stages=5, group_m=2),
+                                 configs._gluon_a8(128, 128, 128, warps=8, group_m=8)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("act", ["int8", "fp8"])
 @pytest.mark.parametrize("m", [5, 70, 300])

@@ -73,10 +73,12 @@ def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
     return {**cfg, "PRODUCER": True} if producer else cfg
 
 
-def _gluon_a8(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
-    """W8A8 tile config for the Gluon kernel that keeps a wgmma in flight (gluon_w8a8, sm_90+)."""
-    return {"backend": "gluon_w8a8", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-            "num_warps": warps, "num_stages": stages}
+def _gluon_a8(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:
+    """W8A8 tile config for the Gluon kernel that keeps a wgmma in flight (gluon_w8a8, sm_90+); group_m: programs
+    walk that many token tiles across every weight tile (x read from HBM about once at prefill sizes)."""
+    cfg = {"backend": "gluon_w8a8", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+           "num_warps": warps, "num_stages": stages}
+    return {**cfg, "GROUP_M": group_m} if group_m else cfg
 
 
 def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
@@ -323,12 +325,15 @@ def _gluon_a8_candidates(b: int) -> list[dict]:
                 _gluon_a8(64, 128, 128, split_k=3, stages=6), _gluon_a8(64, 128, 128, split_k=4, stages=6),
                 _gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 128, 128, warps=8, split_k=2)] + (
             [_gluon_a8(128, 256, 128, warps=8, stages=3), _gluon_a8(64, 256, 128, warps=8)] if b == 256 else [])
-    if b == 1024:  # (not larger: programs take the M tiles of one weight tile in turn, with no grouping for L2,
-        # so at ~16k prefill tokens x streams from HBM once per pair of weight strips)
+    # larger M: grouped token tiles only (ungrouped, at ~16k prefill tokens x streamed from HBM once per pair of
+    # weight strips: a M=4096 cell tuned ungrouped slowed prefill, sixth H200 session)
+    grouped = [_gluon_a8(128, 128, 128, warps=8, group_m=8), _gluon_a8(128, 256, 128, warps=8, stages=3, group_m=8),
+               _gluon_a8(256, 128, 128, warps=8, stages=3, group_m=8)]
+    if b == 1024:
         return [_gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 256, 128, warps=8, stages=3),
                 _gluon_a8(256, 128, 128, warps=8, stages=3), _gluon_a8(64, 128, 128, stages=6),
-                _gluon_a8(128, 128, 128, warps=8, split_k=2)]
-    return []
+                _gluon_a8(128, 128, 128, warps=8, split_k=2)] + grouped
+    return grouped if b > 1024 else []
 
 
 def _gluon_candidates(b: int) -> list[dict]:

@@ -36,8 +36,9 @@ from qexp.kernels.triton_qmm_tma import split_k_buffers
 def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, count_ptr,
                  M, N, K, stride_om, stride_wsn, tiles_per_split,
                  HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
-    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N)
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, PDL: gl.constexpr,
+                 num_warps: gl.constexpr):
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
     INT8: gl.constexpr = x_desc.dtype == gl.int8
 
     # wgmma N at most 128: Triton 3.6 fails to lower an s8 wgmma of N = 256 (ConvertNVGPUToLLVM)
@@ -104,5 +105,5 @@ def w8a8_gluon(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_sc
         x_desc, w_desc, out, w_scale, x_scale, bias if bias is not None else w_scale, part, counts,
         m, n, k, out.stride(0), 1 if w_scale.numel() == n else 0, (k // bk) // split_k,
         HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"], **pdl.launch(x_q.device))
+        GROUP_M=cfg.get("GROUP_M", 0), num_warps=cfg["num_warps"], **pdl.launch(x_q.device))
     return out
