@@ -83,6 +83,21 @@ def test_config_lookup_and_candidates():
     assert configs.config_for("w8a16-fp8-group128", 2048, 2048, 16384, torch.device("cpu")) == {"backend": "dequant_mm"}
 
 
+def test_tma_ring_candidates_fit_in_shared_memory():
+    """Every candidate of the TMA-ring kernels (gluon_rs, skinny, gluon_w8a8) fits its ring of x and weight tiles
+    in the 227 KB a Hopper block may hold: a larger one only fails at launch (OutOfResources, one such candidate
+    in the eleventh H200 session's tune: 6 x (128 x 128 x 2 + 64 x 128) = 245 760 bytes, 245 808 at launch)."""
+    limit = 232448
+    kinds = [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128, 256, 512)]
+    for kd in kinds + ["w8a8-int8", "w8a8-fp8"]:
+        x_bytes = 1 if kd.startswith("w8a8") else 2
+        for m in configs.M_BUCKETS:
+            for c in configs.candidates(kd, m):
+                if c["backend"] in ("gluon_rs", "skinny", "gluon_w8a8"):
+                    ring = c["num_stages"] * c["BLOCK_K"] * (c["BLOCK_M"] * x_bytes + c["BLOCK_N"])
+                    assert ring + 16 * c["num_stages"] <= limit, (kd, m, c)
+
+
 def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for():
     """The hooks scripts/tune_bs1.py tunes through: an override answers its keys (read at each call), the other
     keys and everything after the block take the usual choice (here the no-GPU rule past the largest bucket)."""
