@@ -394,6 +394,7 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs._rs(128, 128, 64, warps=8, stages=5), configs._rs(128, 256, 64, warps=8),
                                  configs._rs(256, 128, 64, warps=8),
                                  configs._rs(64, 256, 64, split_k=4),  # 256 tokens, split-K (its sum spills)
+                                 configs._rs(128, 64, 128, split_k=2, stages=5),  # 32 weight rows a warp, 4 warps
                                  # 32- and 16-token tiles (wgmma N = 32 / 16; up to 19 M tiles per weight strip)
                                  configs._rs(64, 32, 128, split_k=2, stages=6),
                                  configs._rs(64, 16, 128, split_k=4, stages=6),

@@ -281,7 +281,12 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 64, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
                 _rs(64, 32, 128, split_k=4, stages=6), _rs(64, 64, 128, split_k=4, stages=6, producer=True),
                 _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=3, stages=6),
-                _rs(64, 64, 128, split_k=2, stages=6, producer=True)]
+                _rs(64, 64, 128, split_k=2, stages=6, producer=True),
+                # 128-256 weight rows per 64-token program: each x tile (twice a 64-row weight tile's bytes) feeds
+                # more rows, so x's re-reads from L2 fall by 2-4x; split-K keeps ~128 programs (not yet timed)
+                _rs(128, 64, 128, split_k=2, stages=5), _rs(128, 64, 128, split_k=4, stages=5),
+                _rs(128, 64, 128, split_k=2, stages=5, producer=True), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
+                _rs(256, 64, 64, warps=8, split_k=4, stages=6)]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
         return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
@@ -296,6 +301,7 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
                 _rs(64, 128, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
                 _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True),
+                _rs(128, 64, 128, split_k=2, stages=5), _rs(256, 64, 64, warps=8, split_k=2, stages=6),
                 # the whole 256 tokens per program (each weight tile converted once) and split-K for enough
                 # programs; their split-K sums spill 27-359 instructions' worth at sm_90a (not yet timed)
                 _rs(64, 256, 64, split_k=2, stages=5, producer=True), _rs(64, 256, 64, split_k=4),
