@@ -283,7 +283,7 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=3, stages=6),
                 _rs(64, 64, 128, split_k=2, stages=6, producer=True),
                 # 128-256 weight rows per 64-token program: each x tile (twice a 64-row weight tile's bytes) feeds
-                # more rows, so x's re-reads from L2 fall by 2-4x; split-K keeps ~128 programs (not yet timed)
+                # more rows, x's re-reads from L2 fall 2-4x; split-K keeps ~128 programs (not yet timed)
                 _rs(128, 64, 128, split_k=2, stages=5), _rs(128, 64, 128, split_k=4, stages=5),
                 _rs(128, 64, 128, split_k=2, stages=5, producer=True), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
                 _rs(256, 64, 64, warps=8, split_k=4, stages=6)]
