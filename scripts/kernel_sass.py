@@ -32,7 +32,7 @@ KERNELS = {"rs": ("qexp.kernels.gluon_w8a16_rs", "_rs_kernel", r"HGMMA.*gsb0"),
            "skinny": ("qexp.kernels.gluon_skinny", "_skinny_kernel", r"BAR\.SYNC"),
            "w8a8": ("qexp.kernels.gluon_w8a8", "_w8a8_kernel", r"[HI]GMMA.*gsb0")}
 DEFAULTS = dict(GROUPED=False, GROUP_SIZE=1, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128,
-                STAGES=4, PDL=True, num_warps=4, GROUP_M=8, PRODUCER=False, SUB_K=64, EARLY_TRIGGER=False)
+                STAGES=4, PDL=True, num_warps=4, SUB_K=64, EARLY_TRIGGER=False)
 _OP = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")
 
 
@@ -46,7 +46,8 @@ def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str =
     import importlib
     mod, name, _ = KERNELS[kernel]
     fn = getattr(importlib.import_module(mod), name)
-    const = {**DEFAULTS, **cfg}
+    own = {p.name: p.default for p in fn.params if p.has_default}  # the kernel's defaults, as its launcher leaves them
+    const = {**DEFAULTS, **own, **cfg}
     wdt, gw = ("i8", gl.int8) if w == "int8" else ("fp8e4nv", gl.float8e4nv)
     if kernel == "w8a8":  # x quantized to the weight's dtype
         x, xdt = wdt, gw

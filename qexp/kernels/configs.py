@@ -301,7 +301,7 @@ def _rs_candidates(b: int) -> list[dict]:
                 _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
                 _rs(64, 128, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
                 _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True),
-                _rs(128, 64, 128, split_k=2, stages=5), _rs(256, 64, 64, warps=8, split_k=2, stages=6),
+                _rs(128, 64, 128, split_k=2, stages=5), _rs(256, 64, 64, warps=8, split_k=2, stages=6),  # (as at M=128)
                 # the whole 256 tokens per program (each weight tile converted once) and split-K for enough
                 # programs; their split-K sums spill 27-359 instructions' worth at sm_90a (not yet timed)
                 _rs(64, 256, 64, split_k=2, stages=5, producer=True), _rs(64, 256, 64, split_k=4),

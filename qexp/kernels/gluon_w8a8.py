@@ -36,8 +36,8 @@ from qexp.kernels.triton_qmm_tma import split_k_buffers
 def _w8a8_kernel(x_desc, w_desc, out_ptr, ws_ptr, xs_ptr, bias_ptr, part_ptr, count_ptr,
                  M, N, K, stride_om, stride_wsn, tiles_per_split,
                  HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, PDL: gl.constexpr,
-                 num_warps: gl.constexpr):
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
+                 GROUP_M: gl.constexpr = 0):
     pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
     INT8: gl.constexpr = x_desc.dtype == gl.int8
 
