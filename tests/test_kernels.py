@@ -1,5 +1,6 @@
 """qexp.kernels: the plain-torch reference against hand-computed values (CPU), and every fused CUDA kernel against
 the reference on fresh random inputs with poisoned outputs (GPU, marked)."""
+import json
 import math
 
 import pytest
@@ -97,6 +98,17 @@ def test_tma_ring_candidates_fit_in_shared_memory():
                     ring = c["num_stages"] * c["BLOCK_K"] * (c["BLOCK_M"] * x_bytes + c["BLOCK_N"])
                     assert ring + 16 * c["num_stages"] <= limit, (kd, m, c)
 
+
+
+def test_shipped_tables_hold_only_tuner_candidates():
+    """A shipped table's cell is a config the tuner can still produce for that kind and bucket: pruning a
+    candidate list (as the twelfth H200 session did) must not orphan a cell no re-tune would reproduce."""
+    for path in sorted(configs.TUNED_DIR.glob("*.json")):
+        cells = json.loads(path.read_text())["configs"]
+        assert cells, path
+        for key_, cfg in cells.items():
+            kind_, _, _, m = key_.split("|")
+            assert cfg in configs.candidates(kind_, int(m)), (path.name, key_, cfg)
 
 def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for():
     """The hooks scripts/tune_bs1.py tunes through: an override answers its keys (read at each call), the other

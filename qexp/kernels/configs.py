@@ -249,74 +249,51 @@ def _skinny_candidates(b: int) -> list[dict]:
 
 
 def _rs_candidates(b: int) -> list[dict]:
-    """M tiles of 16-256 tokens (wgmma's N); split-K where few weight strips would leave SMs idle."""
-    if b == 16:  # wgmma's N = 16 with the weight in registers, against skinny's mma.sync (not yet timed)
+    """M tiles of 16-256 tokens (wgmma's N); split-K where few weight strips would leave SMs idle. Only configs
+    that won at least one cell of the H100 or H200 tables are kept (pruned 2026-12-02, after every bucket's
+    row-wise and group-wise cells were tuned on the H200; dropped and never winning: 128-256 weight rows per
+    64-token program, 256-token tiles with split-K, 64-wide K tiles eight deep, split 8)."""
+    if b == 16:  # wgmma's N = 16 with the weight in registers: beats skinny's mma.sync on 6 of 24 H200 cells
         return [_rs(64, 16, 128, split_k=2, stages=6), _rs(64, 16, 128, split_k=4, stages=6),
-                _rs(64, 16, 64, split_k=4, stages=8), _rs(128, 16, 128, warps=8, split_k=2, stages=6),
-                _rs(64, 16, 128, split_k=2, stages=6, producer=True), _rs(64, 16, 128, split_k=4, stages=6,
-                                                                          producer=True)]
+                _rs(64, 16, 128, split_k=4, stages=6, producer=True)]
     if b == 64:
         return [_rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4,
-                stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
-                _rs(64, 64, 64, split_k=4, stages=8), _rs(64, 64, 128, stages=6, producer=True),
+                stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(64, 64, 128, stages=6, producer=True),
                 _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
                                                                         producer=True),
                 _rs(64, 32, 128, split_k=2, stages=6), _rs(64, 32, 128, split_k=4, stages=6)]
     if b == 128:
-        return [_rs(64, 128, 64, stages=6), _rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8,
-                stages=5), _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(64, 128, 64, split_k=2),
-                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, split_k=2, stages=3),
-                _rs(64, 128, 128), _rs(64, 128, 128, split_k=2),
-                # K = 6144 at ~100 tokens (down_proj): 3-4 splits of 128-wide K tiles, five deep (H200 probe,
-                # 2026-12-01: 15.0 us against 17.1 us for the H100 table's choice); and 128 weight rows per program
-                _rs(64, 128, 128, split_k=4, stages=5), _rs(64, 128, 128, split_k=3, stages=5),
-                _rs(128, 128, 128, warps=8, stages=4),
+        return [_rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8, stages=5),
+                _rs(64, 128, 64, split_k=2), _rs(128, 128, 64, stages=3), _rs(64, 128, 128),
+                _rs(64, 128, 128, split_k=2),
+                # K = 6144 at ~100 tokens (down_proj): 3-4 splits of 128-wide K tiles, five deep; 128 weight rows
+                _rs(64, 128, 128, split_k=3, stages=5), _rs(128, 128, 128, warps=8, stages=4),
                 _rs(64, 128, 128, producer=True), _rs(64, 128, 128, stages=5, producer=True),
-                _rs(64, 128, 128, split_k=4, stages=5, producer=True), _rs(64, 128, 64, stages=8, producer=True),
-                _rs(128, 128, 128, warps=8, stages=4, producer=True), _rs(128, 128, 64, warps=8, stages=6,
-                                                                            producer=True),
-                # 64- and 32-token tiles: two to four programs per weight strip (its second read from L2), so
-                # N = 1024-2048 spreads over the SMs (H200, 2026-12-01: N=1024 0.72x -> 0.97x bf16)
+                _rs(64, 128, 128, split_k=4, stages=5, producer=True),
+                _rs(128, 128, 128, warps=8, stages=4, producer=True),
+                _rs(128, 128, 64, warps=8, stages=6, producer=True),
+                # 64-token tiles: two programs per weight strip (its second read from L2), so N = 1024-2048
+                # spreads over the SMs (H200, 2026-12-01: N=1024 0.72x -> 0.97x bf16)
                 _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
-                _rs(64, 64, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
-                _rs(64, 32, 128, split_k=4, stages=6), _rs(64, 64, 128, split_k=4, stages=6, producer=True),
                 _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=3, stages=6),
-                _rs(64, 64, 128, split_k=2, stages=6, producer=True),
-                # 128-256 weight rows per 64-token program: each x tile (twice a 64-row weight tile's bytes) feeds
-                # more rows, x's re-reads from L2 fall 2-4x; split-K keeps ~128 programs (not yet timed)
-                _rs(128, 64, 128, split_k=2, stages=5), _rs(128, 64, 128, split_k=4, stages=5),
-                _rs(128, 64, 128, split_k=2, stages=5, producer=True), _rs(128, 64, 64, warps=8, split_k=2, stages=6),
-                _rs(256, 64, 64, warps=8, split_k=4, stages=6)]
+                _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
+                                                                        producer=True)]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
-        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(64, 256, 64),
-                _rs(128, 128, 64, warps=8, split_k=2, stages=5), _rs(256, 128, 64, warps=8),
-                _rs(128, 128, 64, warps=8, stages=3), _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4),
-                _rs(64, 128, 128), _rs(128, 128, 128, warps=8, stages=3),
-                _rs(128, 256, 64, warps=8, producer=True), _rs(128, 128, 64, warps=8, stages=5, producer=True),
-                _rs(64, 256, 64, producer=True), _rs(64, 128, 128, producer=True),
+        return [_rs(128, 256, 64, warps=8), _rs(64, 256, 64), _rs(64, 128, 64, stages=4), _rs(64, 128, 128),
+                _rs(128, 256, 64, warps=8, producer=True), _rs(64, 256, 64, producer=True),
+                _rs(64, 128, 128, producer=True),
                 # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session; 64-token tiles
-                _rs(64, 128, 128, split_k=2, stages=5), _rs(64, 128, 128, split_k=3, stages=5),
-                _rs(64, 128, 128, split_k=4, stages=5),
-                _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
-                _rs(64, 128, 128, split_k=8, stages=4), _rs(64, 64, 64, split_k=4, stages=8),
-                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True),
-                _rs(128, 64, 128, split_k=2, stages=5), _rs(256, 64, 64, warps=8, split_k=2, stages=6),  # (as at M=128)
-                # the whole 256 tokens per program (each weight tile converted once) and split-K for enough
-                # programs; their split-K sums spill 27-359 instructions' worth at sm_90a (not yet timed)
-                _rs(64, 256, 64, split_k=2, stages=5, producer=True), _rs(64, 256, 64, split_k=4),
-                _rs(128, 256, 64, warps=8, split_k=2)]
+                _rs(64, 128, 128, split_k=2, stages=5), _rs(64, 64, 128, split_k=2, stages=6),
+                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True)]
     if b >= 1024:
-        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8), _rs(256, 128, 64, warps=8),
-                _rs(128, 256, 64, warps=8, stages=3), _rs(128, 128, 64, warps=8, stages=3),
-                _rs(128, 128, 64, stages=3), _rs(64, 128, 64, stages=4), _rs(128, 128, 128, warps=8, stages=3),
-                _rs(128, 256, 128, warps=8, stages=2),  # (K tiles of 128: half the per-step barriers and waits)
+        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8),
+                _rs(128, 256, 64, warps=8, stages=3), _rs(64, 128, 64, stages=4),
+                _rs(128, 128, 128, warps=8, stages=3),  # (K tiles of 128: half the per-step barriers and waits)
                 # a producer warp: no TMA issue or CTA-wide barrier in the consumers' step, so the two consumer
                 # warp groups need not run in lock step
                 _rs(128, 256, 64, warps=8, producer=True), _rs(128, 256, 64, warps=8, stages=3, producer=True),
-                _rs(128, 128, 64, warps=8, stages=5, producer=True), _rs(128, 256, 128, warps=8, stages=2,
-                                                                         producer=True),
-                _rs(64, 128, 128, split_k=2, stages=5)]  # (as at M=256)
+                _rs(128, 128, 64, warps=8, stages=5, producer=True)]
     return []
 
 
