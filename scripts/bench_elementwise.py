@@ -1,6 +1,8 @@
 """Benchmark the engine's memory-bound kernels at a prefill step's size (and a decode step's): residual + RMSNorm,
 q/k norm + rotary into the paged cache, SiLU * up, each with and without the W8A8 per-token quant, and the
-standalone activation quant (o_proj's input). Median replay of a CUDA graph; GB/s from the bytes each must move.
+standalone activation quant (o_proj's input); and the weight dequantization the dequant_mm backend runs before
+cuBLAS (every weight-only prefill step over 8192 tokens), per layer shape and scale granularity. Median replay of a
+CUDA graph; GB/s from the bytes each must move.
 JSON out, device named. Run at two commits (PYTHONPATH) for an A/B.
 """
 from __future__ import annotations
@@ -60,8 +62,28 @@ def main() -> None:
             out[name] = {"us": ms * 1e3, "gb_s": nbytes / ms / 1e6}
             print(f"T={T:6d} {name:22s} {ms * 1e3:8.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
         res["rows"][str(T)] = out
+    res["dequant"] = dequant_rows(args.replays)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1)
+
+
+def dequant_rows(replays: int) -> dict:
+    """triton_dequant.dequantize of Qwen3-1.7B's merged layer weights (N x K), row-wise and group-wise."""
+    from qexp.kernels.triton_dequant import dequantize
+    from qexp.quant import qdq
+    out = {}
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for n, k in ((4096, 2048), (12288, 2048), (2048, 6144)):
+        w = torch.randn(n, k, device="cuda", generator=g)
+        for wd in ("int8", "fp8"):
+            for gs in (None, 64, 128, 256, 512):
+                q, s = qdq.quantize(w, wd, "row" if gs is None else "group", gs)
+                ms = graph_replay_ms(lambda q=q, s=s, gs=gs: dequantize(q, s, gs), replays=replays, warmup=2)
+                nbytes = n * k * 3 + s.numel() * 4  # 8-bit in, bf16 out, fp32 scales
+                name = f"dequant_{wd}_{'row' if gs is None else f'group{gs}'}_{n}x{k}"
+                out[name] = {"us": ms * 1e3, "gb_s": nbytes / ms / 1e6}
+                print(f"{name:32s} {ms * 1e3:8.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
+    return out
 
 
 if __name__ == "__main__":

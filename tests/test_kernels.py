@@ -741,13 +741,17 @@ def test_gemv_with_fused_activation_quant(cfg, act, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,gran,gs", [("int8", "tensor", None), ("fp8", "row", None), ("int8", "group", 64)])
-def test_dequant_backend_is_the_reference_dequantization(dtype, gran, gs):
+@pytest.mark.parametrize("dtype,gran,gs,k", [("int8", "tensor", None, 1024), ("fp8", "row", None, 1024),
+                                            ("int8", "row", None, 1088), ("int8", "group", 64, 1024),
+                                            ("fp8", "group", 64, 1088), ("int8", "group", 128, 1152),
+                                            ("fp8", "group", 512, 1536), ("int8", "group", 384, 1152)])
+def test_dequant_backend_is_the_reference_dequantization(dtype, gran, gs, k):
+    """Bit for bit, with K tails shorter than the kernel's 256-wide tile and groups narrower and wider than it."""
     from qexp.kernels import fused
     from qexp.kernels.triton_dequant import dequantize
     gen = torch.Generator(device="cuda").manual_seed(9)
-    q, s = _quantized(1000, 1024, dtype, gran, gs, gen)
+    q, s = _quantized(1000, k, dtype, gran, gs, gen)
     assert torch.equal(dequantize(q, s, gs), reference.dequantize_weight(q, s, gs))
-    x = torch.randn(70, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
+    x = torch.randn(70, k, device="cuda", generator=gen, dtype=torch.bfloat16)
     out = fused.quantized_linear(x, q, s, group_size=gs, config={"backend": "dequant_mm"})
     assert _rel(out, reference.quantized_linear(x, q, s, group_size=gs)) < 1e-3
