@@ -201,28 +201,36 @@ def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, 
         f.cache_clear()
 
 
-def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch):
-    """An H200 (same SMs as the H100) takes the cells tuned on it (its own table: M=1 and M=16, the M=128 decode
-    bucket, row-wise weight-only at every M, ...) and the H100's for the rest: no Qwen3-1.7B cell falls through
-    to the heuristic."""
+def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch, tmp_path):
+    """An H200 (same SMs as the H100) answers every Qwen3-1.7B cell from its own table; a cell missing there comes
+    from the H100's (same compute capability) before the heuristic. The shipped H200 table now holds every cell,
+    so the fallback is checked on a copy of it with the M=1024 / 4096 cells taken out."""
     import json
     monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
-    for f in (configs.table_paths, configs.lookup):
-        f.cache_clear()
-    own = json.loads(configs.tuned_path("NVIDIA H200").read_text())["configs"]
-    h100 = json.loads(configs.tuned_path("NVIDIA H100 80GB HBM3").read_text())["configs"]
+    own_path, h100_path = configs.tuned_path("NVIDIA H200"), configs.tuned_path("NVIDIA H100 80GB HBM3")
+    own = json.loads(own_path.read_text())
+    h100 = json.loads(h100_path.read_text())["configs"]
     kinds = [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128, 256, 512)]
-    taken = {"own": 0, "h100": 0}
-    for kd in kinds + ["w8a8-int8", "w8a8-fp8"]:
-        for k, n in [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)]:
-            for m in configs.M_BUCKETS:
-                key = configs.key(kd, n, k, m)
-                assert key in own or key in h100, key
-                want = own.get(key, h100.get(key))
-                assert configs.lookup(kd, n, k, m, "NVIDIA H200", (9, 0)) == want, key
-                taken["own" if key in own else "h100"] += 1
-    assert taken["own"] and taken["h100"], taken  # both tables answer some cells
-    assert all(configs.key(kd, n, 2048, 1) in own for kd in kinds for n in (4096, 1024, 2048, 6144))
+    cells = [(kd, n, k, m) for kd in kinds + ["w8a8-int8", "w8a8-fp8"]
+             for k, n in [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)] for m in configs.M_BUCKETS]
+
+    def lookups():
+        for f in (configs.table_paths, configs.lookup, configs._read):
+            f.cache_clear()
+        return {c: configs.lookup(*c, "NVIDIA H200", (9, 0)) for c in cells}
+
+    assert lookups() == {c: own["configs"][configs.key(*c)] for c in cells}
+    trimmed = {key: cfg for key, cfg in own["configs"].items() if int(key.rsplit("|", 1)[1]) < 1024}
+    (tmp_path / own_path.name).write_text(json.dumps({**own, "configs": trimmed}))
+    (tmp_path / h100_path.name).write_text(h100_path.read_text())
+    monkeypatch.setattr(configs, "TUNED_DIR", tmp_path)
+    got = lookups()
+    for c in cells:
+        key = configs.key(*c)
+        assert got[c] == (trimmed[key] if key in trimmed else h100[key]), key
+    assert any(configs.key(*c) not in trimmed for c in cells) and any(configs.key(*c) in trimmed for c in cells)
+    for f in (configs.table_paths, configs.lookup, configs._read):  # the shipped tables again for later tests
+        f.cache_clear()
 
 
 def test_shipped_tables_name_their_capability():
