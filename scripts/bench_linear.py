@@ -4,7 +4,7 @@
 
 For each Qwen3-1.7B linear shape (K -> N) and M, times bf16 F.linear and qexp.kernels' fused path per recipe
 (plus "-xq" rows: the W8A8 GEMM alone on activations already quantized, as the engine's norms hand them over).
---tune tries each kind's candidate configs (qexp.kernels.configs.candidates), keeps the fastest one whose output
+--tune tries each kind's candidate configs (qexp.kernels.search_space.candidates), keeps the fastest one whose output
 matches the reference within tolerance, and writes qexp/kernels/tuned/<gpu>.json. Kernels are compiled up front
 in parallel worker processes (Triton's disk cache), so tuning is not bound by one CPU core.
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cuda_timing import graph_replay_ms  # noqa: E402  (scripts/, beside this file)
 
-from qexp.kernels import configs, fused, pdl, reference
+from qexp.kernels import configs, fused, pdl, reference, search_space
 from qexp.kernels.triton_act_quant import quantize_activation
 from qexp.quant import qdq
 
@@ -178,7 +178,7 @@ def main():
         if r.get("xq"):
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
-            cands = configs.candidates(kind_of(r), m)
+            cands = search_space.candidates(kind_of(r), m)
             if args.backend:
                 cands = current + [c for c in cands if c["backend"] == args.backend and c != current[0]]
             return cands

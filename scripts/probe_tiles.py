@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_linear as bl  # noqa: E402  (scripts/, beside this file)
-from qexp.kernels import configs, fused, reference  # noqa: E402
+from qexp.kernels import fused, reference, search_space  # noqa: E402
 
 DECODE_SHAPES = [(2048, 4096), (2048, 2048), (2048, 12288), (6144, 2048)]  # merged q/k/v, o, merged gate/up, down
 TILED = ("gluon_rs", "gluon", "tma", "triton")
@@ -54,7 +54,7 @@ def main():
         cfgs = [c for i, c in enumerate(cfgs) if c not in cfgs[:i]]
         per_recipe = {r["name"]: cfgs for r in recs}
     else:
-        per_recipe = {r["name"]: [c for c in configs.candidates(bl.kind_of(r), max(ms)) if c["backend"] in TILED]
+        per_recipe = {r["name"]: [c for c in search_space.candidates(bl.kind_of(r), max(ms)) if c["backend"] in TILED]
                       for r in recs}
     bl.precompile([(r, c, k, m) for r in recs for (k, _) in shapes for m in ms for c in per_recipe[r["name"]]], 16)
     results = []

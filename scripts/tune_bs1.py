@@ -23,7 +23,7 @@ from bench_linear import TOL, quantize, rel_err
 from bs1_breakdown import recaptured_replay_us
 
 from qexp.engine import LLM
-from qexp.kernels import configs, fused, reference
+from qexp.kernels import configs, fused, reference, search_space
 from qexp.models.loader import load_model
 
 
@@ -65,7 +65,7 @@ def _descend(llm: LLM, cells: list[str], chosen: dict, log) -> dict:
     trials = []
     for cell in cells:
         best_cfg, best_us = chosen[cell], recaptured_replay_us(llm)
-        for cfg in configs._gemv_gl_candidates():
+        for cfg in search_space._gemv_gl_candidates():
             if cfg == best_cfg:
                 continue
             chosen[cell] = cfg

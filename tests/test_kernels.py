@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qexp import kernels
-from qexp.kernels import configs, reference
+from qexp.kernels import configs, reference, search_space
 from qexp.quant import qdq
 
 F8 = torch.float8_e4m3fn
@@ -77,7 +77,7 @@ def test_config_lookup_and_candidates():
     assert configs.kind(torch.int8, None, 64) == "w8a16-int8-group64"
     assert configs.kind(F8, "fp8", None) == "w8a8-fp8"
     for m in configs.M_BUCKETS:
-        assert all(c.get("BLOCK_K", 0) <= 64 for c in configs.candidates("w8a16-fp8-group64", m)
+        assert all(c.get("BLOCK_K", 0) <= 64 for c in search_space.candidates("w8a16-fp8-group64", m)
                    if not configs.spans_groups(c))
         assert configs.heuristic("w8a16-int8-row", 2048, 2048, m)["backend"] in ("triton", "gemv", "scaled_mm")
     # past twice the largest bucket weight-only dequantizes once and runs cuBLAS (no table, no GPU consulted)
@@ -93,7 +93,7 @@ def test_tma_ring_candidates_fit_in_shared_memory():
     for kd in kinds + ["w8a8-int8", "w8a8-fp8"]:
         x_bytes = 1 if kd.startswith("w8a8") else 2
         for m in configs.M_BUCKETS:
-            for c in configs.candidates(kd, m):
+            for c in search_space.candidates(kd, m):
                 if c["backend"] in ("gluon_rs", "skinny", "gluon_w8a8"):
                     ring = c["num_stages"] * c["BLOCK_K"] * (c["BLOCK_M"] * x_bytes + c["BLOCK_N"])
                     assert ring + 16 * c["num_stages"] <= limit, (kd, m, c)
@@ -108,7 +108,7 @@ def test_shipped_tables_hold_only_tuner_candidates():
         assert cells, path
         for key_, cfg in cells.items():
             kind_, _, _, m = key_.split("|")
-            assert cfg in configs.candidates(kind_, int(m)), (path.name, key_, cfg)
+            assert cfg in search_space.candidates(kind_, int(m)), (path.name, key_, cfg)
 
 def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for():
     """The hooks scripts/tune_bs1.py tunes through: an override answers its keys (read at each call), the other
@@ -137,11 +137,11 @@ def test_k_tiles_fit_k_and_the_scale_groups():
     assert fit_block_k(2304, 1024, True, 96, span_groups=True) == 32  # not a power of two: inside one group
     gemv = configs._gemv(4, 1, 1024)
     assert configs.spans_groups(gemv) and not configs.spans_groups(configs._gemv(16, 4, 128))
-    assert gemv in configs.candidates("w8a16-int8-group64", 1)
+    assert gemv in search_space.candidates("w8a16-int8-group64", 1)
     gl = configs._gemv_gl(8, 1024)
-    assert configs.spans_groups(gl) and gl in configs.candidates("w8a16-fp8-group64", 1)
+    assert configs.spans_groups(gl) and gl in search_space.candidates("w8a16-fp8-group64", 1)
     # weight-only, one token: never offered to W8A8 or to larger buckets
-    assert all(c["backend"] != "gemv_gl" for c in configs.candidates("w8a8-int8", 1) + configs.candidates(
+    assert all(c["backend"] != "gemv_gl" for c in search_space.candidates("w8a8-int8", 1) + search_space.candidates(
         "w8a16-int8-row", 16))
 
 
@@ -639,7 +639,7 @@ def test_w8a8_matches_reference(act, m):
     q, s, x, p, bias, ref = _w8a8_case(1024, 2048, m, act, m + (act == "fp8"))
     out = kernels.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias)
     assert _rel(out, ref) < TOL
-    for cfg in configs.candidates(f"w8a8-{act}", m)[:2]:
+    for cfg in search_space.candidates(f"w8a8-{act}", m)[:2]:
         from qexp.kernels import fused
         alt = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
         assert _rel(alt, ref) < TOL
@@ -697,7 +697,7 @@ def test_prequantized_input_gives_quantized_linears_result(act, m):
     from qexp.kernels.triton_act_quant import quantize_activation
     q, s, x, _, bias, _ = _w8a8_case(1024, 2048, m, act, 7 * m)
     x_q, x_s = quantize_activation(x, act)
-    cfgs = [None] + [c for c in configs.candidates(f"w8a8-{act}", m) if c["backend"] != "gemv"][:3]
+    cfgs = [None] + [c for c in search_space.candidates(f"w8a8-{act}", m) if c["backend"] != "gemv"][:3]
     for cfg in cfgs:
         want = fused.quantized_linear(x, q, s, act_dtype=act, bias=bias, config=cfg)
         if cfg is None and not fused.takes_quantized_input(q, s, act, m):
