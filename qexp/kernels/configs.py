@@ -1,9 +1,9 @@
 """Kernel choice per (recipe kind, N, K, M bucket): tuned table for this GPU if there is one, else a heuristic.
 
 The table (qexp/kernels/tuned/<gpu>.json) is written offline by `scripts/bench_linear.py --tune`, which times the
-candidates of qexp.kernels.search_space, and is read once, so start-up compiles only the kernels a model actually uses, with no autotuning at load time. A cell this GPU's
-table lacks (or a GPU with no table) takes the table of another GPU of the same compute capability, then the
-heuristic (`table_paths`).
+candidates of qexp.kernels.search_space, and is read once, so start-up compiles only the kernels a model actually
+uses, with no autotuning at load time. A cell this GPU's table lacks (or a GPU with no table) takes the table of
+another GPU of the same compute capability, then the heuristic (`table_paths`).
 A config is a dict: backend (see qexp.kernels.fused) and, for the Triton ones, tile sizes.
 """
 from __future__ import annotations
