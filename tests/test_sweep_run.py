@@ -54,8 +54,13 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
     try:
         statuses = lambda: {r.info.status for r in _children(client, sweep.experiment)[1]}  # noqa: E731
         _wait_for(lambda: bool(statuses()), 120, first)
-        # a second copy of the same sweep is refused while the first lives
-        dup = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        # a second copy of the same sweep is refused while the first lives; the first is frozen meanwhile, so
+        # on a slow machine it cannot finish all its points before the copy has started up
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            dup = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         assert dup.returncode == 2 and "is already running" in dup.stderr and len(dup.stderr.splitlines()) == 1
         # kill once a point has FINISHED and the next one is in flight (its worker starting or running); the
         # group is frozen while the state is read, so the point cannot end between the look and the kill
