@@ -199,9 +199,17 @@ def decode_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
     return splits
 
 
+# the decode kernel's launch: 64-key tiles, 4 warps (chosen on the H100, 2026-11-25). At sm_90a this config spills
+# (~260 local stores and loads in its SASS, twice the instructions of 8 warps or of 32-key tiles, which spill
+# none); `scripts/bench_attention.py --decode` times the alternatives (the choice changes the tile order, so bits)
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+
+
 def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: float,
-                     splits: int | None = None) -> torch.Tensor:
-    """q (B, H, D), one new token per sequence -> (B, H, D) over its whole context (flash-decoding)."""
+                     splits: int | None = None, config: dict | None = None) -> torch.Tensor:
+    """q (B, H, D), one new token per sequence -> (B, H, D) over its whole context (flash-decoding); config:
+    BLOCK_N / num_warps / num_stages, DECODE_CONFIG by default."""
+    cfg = config or DECODE_CONFIG
     B, H, D = q.shape
     KV, block_size = k_cache.shape[2], k_cache.shape[1]
     if splits is None:
@@ -212,8 +220,8 @@ def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: flo
     group_pad = max(16, triton.next_power_of_2(H // KV))
     _decode_kernel[(B, KV, splits)](q, k_cache, v_cache, out, part_acc, part_ml, context_lens, block_tables,
                                     block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
-                                    GROUP_PAD=group_pad, BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3,
-                                    **pdl.launch(q.device))
+                                    GROUP_PAD=group_pad, BLOCK_N=cfg["BLOCK_N"], SPLITS=splits,
+                                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(q.device))
     if splits > 1:
         _decode_combine_kernel[(B * H,)](part_acc, part_ml, out, D=D, SPLITS=splits, num_warps=4,
                                          **pdl.launch(q.device))
