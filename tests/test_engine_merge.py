@@ -93,7 +93,7 @@ def test_unmergeable_sets_are_left_alone():
 def test_engine_with_merged_projections_matches_hf(tiny_model_dir):
     """The CPU engine with merging forced on: greedy tokens equal HF generate; int8 real scores equal HF's."""
     from qexp.config import RunConfig
-    from qexp.engine import LLM, SamplingParams
+    from qexp.engine import SamplingParams
     from qexp.models.loader import load_model
     from qexp.quant.apply import quantize_model
 
