@@ -173,8 +173,15 @@ def main() -> None:
                          "(off: key '<recipe>-sync')")
     ap.add_argument("--sections", default="prefill,decode", help="prefill and/or decode (decode includes batch-1)")
     ap.add_argument("--profile", default=None, help="write a torch.profiler table to this dir")
+    ap.add_argument("--decode-attention", default=None,
+                    help='decode attention launch config as JSON, e.g. \'{"BLOCK_N": 32, "num_warps": 8, '
+                         '"num_stages": 3}\' (default: paged_attention.DECODE_CONFIG)')
     ap.add_argument("--out", default="benchmarks/engine.json")
     args = ap.parse_args()
+    if args.decode_attention:  # the module itself: qexp.engine.kernels exports a function of the same name
+        import importlib
+        pa = importlib.import_module("qexp.engine.kernels.paged_attention")
+        pa.DECODE_CONFIG = json.loads(args.decode_attention)
 
     import torchao
     import transformers
