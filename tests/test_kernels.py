@@ -99,7 +99,6 @@ def test_tma_ring_candidates_fit_in_shared_memory():
                     assert ring + 16 * c["num_stages"] <= limit, (kd, m, c)
 
 
-
 def test_shipped_tables_hold_only_tuner_candidates():
     """A shipped table's cell is a config the tuner can still produce for that kind and bucket: pruning a
     candidate list (as the twelfth H200 session did) must not orphan a cell no re-tune would reproduce."""
@@ -109,6 +108,19 @@ def test_shipped_tables_hold_only_tuner_candidates():
         for key_, cfg in cells.items():
             kind_, _, _, m = key_.split("|")
             assert cfg in search_space.candidates(kind_, int(m)), (path.name, key_, cfg)
+
+
+@pytest.fixture
+def fresh_tables():
+    """The table lookups' caches emptied before the test and after it, pass or fail (tests point TUNED_DIR or
+    QEXP_KERNEL_TABLE elsewhere; later tests must read the shipped tables again)."""
+    def clear():
+        for f in (configs.table_paths, configs.lookup, configs._read):
+            f.cache_clear()
+    clear()
+    yield clear
+    clear()
+
 
 def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for():
     """The hooks scripts/tune_bs1.py tunes through: an override answers its keys (read at each call), the other
@@ -147,7 +159,6 @@ def test_k_tiles_fit_k_and_the_scale_groups():
 
 def test_tuned_table_is_complete_and_used():
     """The shipped H100 table covers every kind x Qwen3-1.7B shape x M bucket with configs the kernels accept."""
-    import json
     name = "NVIDIA H100 80GB HBM3"
     table = json.loads(configs.tuned_path(name).read_text())["configs"]
     kinds = [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128, 256, 512)]
@@ -168,10 +179,9 @@ def test_tuned_table_is_complete_and_used():
                     assert kd == "w8a8-fp8"
 
 
-def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, monkeypatch):
+def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, monkeypatch, fresh_tables):
     """Own table first, cell by cell; then tables of GPUs with the same compute capability (by file name); never
     one of another capability; the heuristic last. QEXP_KERNEL_TABLE alone replaces the whole chain."""
-    import json
     def write(name, cap, cells):
         (tmp_path / f"{configs._slug(name)}.json").write_text(json.dumps({"device": name, "capability": cap,
                                                                           "configs": cells}))
@@ -184,8 +194,7 @@ def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, 
     write("GPU Old", [8, 0], {k3: d})
     monkeypatch.setattr(configs, "TUNED_DIR", tmp_path)
     monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
-    for f in (configs.table_paths, configs.lookup):
-        f.cache_clear()
+    fresh_tables()
     assert [p.name for p in configs.table_paths("GPU Own", (9, 0))] == ["gpu-own.json", "gpu-aa.json", "gpu-bb.json"]
     assert configs.lookup("w8a16-int8-row", 1024, 2048, 1, "GPU Own", (9, 0)) == a
     assert configs.lookup("w8a16-int8-row", 2048, 2048, 1, "GPU Own", (9, 0)) == b
@@ -195,17 +204,14 @@ def test_a_gpu_without_its_own_table_takes_one_of_the_same_capability(tmp_path, 
         "w8a16-int8-row", 1024, 2048, 1)
     assert configs.table_paths("GPU New", (12, 0)) == ()
     monkeypatch.setenv("QEXP_KERNEL_TABLE", str(tmp_path / "gpu-bb.json"))
-    configs.table_paths.cache_clear()
+    fresh_tables()
     assert [p.name for p in configs.table_paths("GPU Own", (9, 0))] == ["gpu-bb.json"]
-    for f in (configs.table_paths, configs.lookup):
-        f.cache_clear()
 
 
-def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch, tmp_path):
+def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch, tmp_path, fresh_tables):
     """An H200 (same SMs as the H100) answers every Qwen3-1.7B cell from its own table; a cell missing there comes
     from the H100's (same compute capability) before the heuristic. The shipped H200 table now holds every cell,
     so the fallback is checked on a copy of it with the M=1024 / 4096 cells taken out."""
-    import json
     monkeypatch.delenv("QEXP_KERNEL_TABLE", raising=False)
     own_path, h100_path = configs.tuned_path("NVIDIA H200"), configs.tuned_path("NVIDIA H100 80GB HBM3")
     own = json.loads(own_path.read_text())
@@ -215,8 +221,7 @@ def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch, tmp_p
              for k, n in [(2048, 4096), (2048, 1024), (2048, 2048), (2048, 6144), (6144, 2048)] for m in configs.M_BUCKETS]
 
     def lookups():
-        for f in (configs.table_paths, configs.lookup, configs._read):
-            f.cache_clear()
+        fresh_tables()
         return {c: configs.lookup(*c, "NVIDIA H200", (9, 0)) for c in cells}
 
     assert lookups() == {c: own["configs"][configs.key(*c)] for c in cells}
@@ -229,12 +234,9 @@ def test_h200_cells_come_from_its_own_table_then_the_h100_one(monkeypatch, tmp_p
         key = configs.key(*c)
         assert got[c] == (trimmed[key] if key in trimmed else h100[key]), key
     assert any(configs.key(*c) not in trimmed for c in cells) and any(configs.key(*c) in trimmed for c in cells)
-    for f in (configs.table_paths, configs.lookup, configs._read):  # the shipped tables again for later tests
-        f.cache_clear()
 
 
 def test_shipped_tables_name_their_capability():
-    import json
     paths = sorted(configs.TUNED_DIR.glob("*.json"))
     assert paths
     for p in paths:
