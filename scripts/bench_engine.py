@@ -176,12 +176,15 @@ def main() -> None:
     ap.add_argument("--decode-attention", default=None,
                     help='decode attention launch config as JSON, e.g. \'{"BLOCK_N": 32, "num_warps": 8, '
                          '"num_stages": 3}\' (default: paged_attention.DECODE_CONFIG)')
+    ap.add_argument("--attention-merge", default="kernel", choices=["kernel", "launch"],
+                    help="split-KV decode partials merged by the last split program or by a second launch")
     ap.add_argument("--out", default="benchmarks/engine.json")
     args = ap.parse_args()
-    if args.decode_attention:  # the module itself: qexp.engine.kernels exports a function of the same name
-        import importlib
-        pa = importlib.import_module("qexp.engine.kernels.paged_attention")
+    import importlib  # the module itself: qexp.engine.kernels exports a function of the same name
+    pa = importlib.import_module("qexp.engine.kernels.paged_attention")
+    if args.decode_attention:
         pa.DECODE_CONFIG = json.loads(args.decode_attention)
+    pa.MERGE_IN_KERNEL = args.attention_merge == "kernel"
 
     import torchao
     import transformers

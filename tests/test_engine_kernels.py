@@ -28,17 +28,51 @@ def test_prefill_attention_matches_reference(block_size, heads):
     assert _rel(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("heads", [(16, 8), (10, 2)])
 @pytest.mark.parametrize("splits", [1, 4, 16, None])
-def test_decode_attention_matches_reference(splits):
-    """Split-KV decode (partials, then the combine kernel) vs the reference, per sequence, 16 splits included (the
-    batch-1 default), called three times on the same buffers."""
+def test_decode_attention_matches_reference(splits, heads):
+    """Split-KV decode vs the reference, per sequence, 16 splits included (the batch-1 default), called three times
+    on the same buffers: the partials merged by the last split program (its arrival counters must be zeroed again
+    for the next call) equal the separate merge launch bit for bit."""
     from qexp.engine.kernels import decode_attention
+    from qexp.engine.kernels.paged_attention import _ARRIVALS
     ctx = [1, 5, 64, 300, 1000, 17]
-    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, seed=1)
+    q, kc, vc, meta = paged_case(ctx, [1] * len(ctx), 16, *heads, seed=1)
     ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, 128 ** -0.5)
     for _ in range(3):
         out = decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=splits)
+        apart = decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=splits,
+                                 merge_in_kernel=False)
         assert all(_rel(out[i], ref[i]) < 1e-2 for i in range(len(ctx)))
+        assert torch.equal(out, apart)
+    assert all(int(b.abs().sum()) == 0 for b in _ARRIVALS.get(q.device, []))
+
+
+def test_decode_attention_merges_in_a_graph_captured_before_its_counters():
+    """A CUDA graph captured while no arrival counters exist falls back to the merge launch, and its replays stay
+    right after counters are reserved for eager calls."""
+    from qexp.engine.kernels import decode_attention
+    from qexp.engine.kernels import paged_attention as pa
+    ctx = [300, 1000]
+    q, kc, vc, meta = paged_case(ctx, [1, 1], 16, seed=2)
+    ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, 128 ** -0.5)
+    saved = pa._ARRIVALS.pop(q.device, None)
+    try:
+        decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=16,
+                         merge_in_kernel=False)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=16)
+        assert q.device not in pa._ARRIVALS or not pa._ARRIVALS[q.device]
+        eager = decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, 128 ** -0.5, splits=16)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(_rel(out[i], ref[i]) < 1e-2 for i in range(len(ctx)))
+        assert torch.equal(out, eager)
+    finally:
+        if saved is not None:
+            pa._ARRIVALS[q.device] = saved + pa._ARRIVALS.get(q.device, [])
 
 
 @pytest.mark.parametrize("T", [7, 1500])

@@ -97,9 +97,10 @@ def _prefill_kernel(q_ptr, k_cache, v_cache, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr,
 
 
 @triton.jit
-def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr, bt_ptr, bt_stride, scale,
-                   H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, arrivals, ctx_ptr, bt_ptr, bt_stride,
+                   scale, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   GROUP_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, MERGE: tl.constexpr,
+                   PDL: tl.constexpr):
     pdl.launch_next(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -145,28 +146,53 @@ def _decode_kernel(q_ptr, k_cache, v_cache, out_ptr, part_acc, part_ml, ctx_ptr,
         tl.store(out_ptr + (b.to(tl.int64) * H + heads[:, None]) * D + offs_d[None, :],
                  acc.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
     else:
-        row = (b.to(tl.int64) * H + heads) * SPLITS + split  # partials (B, H, SPLITS, ...)
+        bh = b.to(tl.int64) * H + heads
+        row = bh * SPLITS + split  # partials (B, H, SPLITS, ...)
         tl.store(part_acc + row[:, None] * D + offs_d[None, :], acc, mask=g_mask[:, None])
         tl.store(part_ml + row * 2, m_i, mask=g_mask)
         tl.store(part_ml + row * 2 + 1, l_i, mask=g_mask)
+        if MERGE:
+            # the last of the SPLITS programs of this (sequence, kv head) to arrive merges the partials, which
+            # saves the merge launch (at batch 1, 28 a step). The barrier puts every thread's stores before the
+            # counter's release; the acquire puts the other programs' stores before the merge's loads.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(arrivals + b * KV + kvh, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLITS - 1:
+                tl.store(arrivals + b * KV + kvh, 0)  # zero again for the next call (no other program left)
+                _merge_splits(part_acc, part_ml, out_ptr, bh, g_mask, offs_d, D, SPLITS)
 
 
 @triton.jit
-def _decode_combine_kernel(part_acc, part_ml, out_ptr, D: tl.constexpr, SPLITS: tl.constexpr,
-                           PDL: tl.constexpr):
-    pdl.start(PDL)
-    bh = tl.program_id(0).to(tl.int64)  # one (sequence, head) row
+def _merge_splits(part_acc, part_ml, out_ptr, bh, mask, offs_d, D: tl.constexpr, SPLITS: tl.constexpr):
+    """Output rows bh (sequence * H + head) from their SPLITS partials; an empty split has m = -inf and weighs
+    0. Loads bypass L1 (.cg): the partials were written by other SMs."""
     offs_s = tl.arange(0, SPLITS)
-    offs_d = tl.arange(0, D)
-    m = tl.load(part_ml + (bh * SPLITS + offs_s) * 2)
-    l = tl.load(part_ml + (bh * SPLITS + offs_s) * 2 + 1)
-    m_max = tl.max(m, axis=0)
+    m = tl.load(part_ml + (bh[:, None] * SPLITS + offs_s[None, :]) * 2, mask=mask[:, None], other=float("-inf"),
+                cache_modifier=".cg")
+    m_max = tl.max(m, axis=1)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # empty splits have m = -inf, weight 0
-    acc = tl.load(part_acc + (bh * SPLITS + offs_s)[:, None] * D + offs_d[None, :])
-    total = tl.sum(l * w, axis=0)
-    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + bh * D + offs_d, o.to(out_ptr.dtype.element_ty))
+    total = tl.zeros_like(m_max)
+    o = tl.zeros([bh.shape[0], D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        row = bh * SPLITS + s
+        w = tl.exp2(tl.load(part_ml + row * 2, mask=mask, other=float("-inf"), cache_modifier=".cg") - m_max)
+        total += w * tl.load(part_ml + row * 2 + 1, mask=mask, other=0.0, cache_modifier=".cg")
+        o += w[:, None] * tl.load(part_acc + row[:, None] * D + offs_d[None, :], mask=mask[:, None], other=0.0,
+                                  cache_modifier=".cg")
+    o = o / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(out_ptr + bh[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=mask[:, None])
+
+
+@triton.jit
+def _decode_combine_kernel(part_acc, part_ml, out_ptr, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+                           GROUP_PAD: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+    """The merge as a launch of its own, one (sequence, kv head) a program: where no arrival counters are
+    reserved (a CUDA graph captured before they were), the same code and bits as the in-kernel merge."""
+    pdl.start(PDL)
+    GROUP: tl.constexpr = H // KV
+    offs_g = tl.arange(0, GROUP_PAD)
+    bh = tl.program_id(0).to(tl.int64) * H + tl.program_id(1) * GROUP + offs_g
+    _merge_splits(part_acc, part_ml, out_ptr, bh, offs_g < GROUP, tl.arange(0, D), D, SPLITS)
 
 
 def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, max_seqlen_q: int,
@@ -203,13 +229,18 @@ def decode_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
 # (~260 local stores and loads in its SASS, twice the instructions of 8 warps or of 32-key tiles, which spill
 # none); `scripts/bench_attention.py --decode` times the alternatives (the choice changes the tile order, so bits)
 DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+MERGE_IN_KERNEL = True  # split partials merged by the last split program, not a second launch (A/B: bench_engine)
 
 
 def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: float,
-                     splits: int | None = None, config: dict | None = None) -> torch.Tensor:
+                     splits: int | None = None, config: dict | None = None,
+                     merge_in_kernel: bool | None = None) -> torch.Tensor:
     """q (B, H, D), one new token per sequence -> (B, H, D) over its whole context (flash-decoding); config:
-    BLOCK_N / num_warps / num_stages, DECODE_CONFIG by default."""
+    BLOCK_N / num_warps / num_stages, DECODE_CONFIG by default. With several splits the last program of each
+    (sequence, kv head) merges their partials (merge_in_kernel, MERGE_IN_KERNEL by default), else a second
+    launch does."""
     cfg = config or DECODE_CONFIG
+    merge_in_kernel = MERGE_IN_KERNEL if merge_in_kernel is None else merge_in_kernel
     B, H, D = q.shape
     KV, block_size = k_cache.shape[2], k_cache.shape[1]
     if splits is None:
@@ -217,12 +248,31 @@ def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: flo
     out = torch.empty_like(q)
     part_acc = torch.empty((B, H, splits, D), dtype=torch.float32, device=q.device) if splits > 1 else out
     part_ml = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device) if splits > 1 else out
+    arrivals = _arrival_counters(B * KV, q.device) if splits > 1 and merge_in_kernel else None
     group_pad = max(16, triton.next_power_of_2(H // KV))
-    _decode_kernel[(B, KV, splits)](q, k_cache, v_cache, out, part_acc, part_ml, context_lens, block_tables,
+    _decode_kernel[(B, KV, splits)](q, k_cache, v_cache, out, part_acc, part_ml,
+                                    out if arrivals is None else arrivals, context_lens, block_tables,
                                     block_tables.stride(0), scale, H=H, KV=KV, D=D, BLOCK_SIZE=block_size,
                                     GROUP_PAD=group_pad, BLOCK_N=cfg["BLOCK_N"], SPLITS=splits,
-                                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch(q.device))
-    if splits > 1:
-        _decode_combine_kernel[(B * H,)](part_acc, part_ml, out, D=D, SPLITS=splits, num_warps=4,
-                                         **pdl.launch(q.device))
+                                    MERGE=arrivals is not None, num_warps=cfg["num_warps"],
+                                    num_stages=cfg["num_stages"], **pdl.launch(q.device))
+    if splits > 1 and arrivals is None:
+        _decode_combine_kernel[(B, KV)](part_acc, part_ml, out, H=H, KV=KV, D=D, GROUP_PAD=group_pad,
+                                        SPLITS=splits, num_warps=4, **pdl.launch(q.device))
     return out
+
+
+_ARRIVALS: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out: graphs may hold any of them
+
+
+def _arrival_counters(n: int, device: torch.device) -> torch.Tensor | None:
+    """n zeroed int32 arrival counters for the in-kernel merge, kept zeroed between calls by the kernel itself
+    (so one buffer serves every layer and call in stream order). None while a CUDA graph is being captured and no
+    buffer is large enough: a zeroing allocation made inside the capture would belong to the graph's pool."""
+    bufs = _ARRIVALS.setdefault(device, [])
+    if bufs and bufs[-1].numel() >= n:
+        return bufs[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    bufs.append(torch.zeros(max(n, 4096), dtype=torch.int32, device=device))
+    return bufs[-1]
