@@ -35,7 +35,8 @@ DECODE_CANDIDATES = [{"BLOCK_N": n, "num_warps": w, "num_stages": 3} for n in (3
 
 
 def bench_decode(block_size: int, replays: int) -> dict:
-    """Decode attention per launch config: us per call, K/V GB/s, max relative error against the reference."""
+    """Decode attention per launch config: us per call, K/V GB/s, max relative error against the reference (the
+    default config twice: split partials merged in the kernel, and by a second launch, key suffix _launch)."""
     from qexp.engine.attention import paged_attention_reference
     from qexp.engine.kernels.paged_attention import DECODE_CONFIG, decode_attention
     H, KV, D, scale = 16, 8, 128, 128 ** -0.5
@@ -47,11 +48,14 @@ def bench_decode(block_size: int, replays: int) -> dict:
         ref = paged_attention_reference(q.float(), kc.float(), vc.float(), meta, scale)
         kv_bytes = 2 * sum(ctx) * KV * D * kc.element_size()
         rows = {}
-        for cfg in [DECODE_CONFIG] + [c for c in DECODE_CANDIDATES if c != DECODE_CONFIG]:
-            key = "n{BLOCK_N}_w{num_warps}_s{num_stages}".format(**cfg)
+        # the default config also with its split partials merged by a second launch (the in-kernel merge's A/B)
+        runs = [(DECODE_CONFIG, False), (DECODE_CONFIG, True)] + [(c, True) for c in DECODE_CANDIDATES
+                                                                  if c != DECODE_CONFIG]
+        for cfg, merge in runs:
+            key = "n{BLOCK_N}_w{num_warps}_s{num_stages}".format(**cfg) + ("" if merge else "_launch")
             try:
-                fn = lambda cfg=cfg: decode_attention(q, kc, vc, meta.context_lens, meta.block_tables, scale,  # noqa: E731
-                                                      config=cfg)
+                fn = lambda cfg=cfg, merge=merge: decode_attention(  # noqa: E731
+                    q, kc, vc, meta.context_lens, meta.block_tables, scale, config=cfg, merge_in_kernel=merge)
                 o = fn().float()
                 err = max(((o[i] - ref[i]).norm() / ref[i].norm()).item() for i in range(len(ctx)))
                 ms = graph_replay_ms(fn, replays=replays, warmup=2)
