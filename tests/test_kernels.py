@@ -169,9 +169,9 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                assert cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gluon_w8a8",
-                                          "dequant_mm", "scaled_mm", "scaled_mm_fast")
-                if cfg["backend"] in ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gluon_w8a8"):
+                tiled = ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gemv_gl", "gluon_w8a8")
+                assert cfg["backend"] in tiled + ("dequant_mm", "scaled_mm", "scaled_mm_fast")
+                if cfg["backend"] in tiled:
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
                 if kd.startswith("w8a8"):
                     assert cfg["backend"] != "dequant_mm"
