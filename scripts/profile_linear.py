@@ -23,10 +23,10 @@ from qexp.kernels import configs, fused  # noqa: E402
 
 DEFAULT = [
     [2048, 4096, 128, "bf16", None],
-    [2048, 4096, 128, "int8-row-wo", configs._tma(64, 128, 64)],
-    [2048, 4096, 128, "int8-row-wo", configs._tma(64, 128, 64, split_k=4)],
-    [2048, 4096, 128, "int8-row-wo", configs._triton(64, 64, 64)],
-    [2048, 4096, 128, "int8-row-dq", configs._tma(64, 128, 128)],
+    [2048, 4096, 128, "int8-row-wo", configs.tma_config(64, 128, 64)],
+    [2048, 4096, 128, "int8-row-wo", configs.tma_config(64, 128, 64, split_k=4)],
+    [2048, 4096, 128, "int8-row-wo", configs.triton_config(64, 64, 64)],
+    [2048, 4096, 128, "int8-row-dq", configs.tma_config(64, 128, 128)],
 ]
 
 

@@ -128,11 +128,12 @@ def test_config_overrides_answer_first_and_recording_lists_the_cells_asked_for()
     cpu, m = torch.device("cpu"), 16384
     cell, other = configs.key("w8a16-int8-row", 4096, 2048, m), configs.key("w8a16-int8-row", 2048, 2048, m)
     usual = {"backend": "dequant_mm"}
-    mine = configs._rs(64, 128, 128, producer=True)
+    mine = configs.gluon_rs_config(64, 128, 128, producer=True)
     with configs.recording() as keys, configs.override({cell: mine}) as cells:
         assert configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu) == mine
-        cells[cell] = configs._rs(128, 128, 64, warps=8)
-        assert configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu) == configs._rs(128, 128, 64, warps=8)
+        cells[cell] = configs.gluon_rs_config(128, 128, 64, warps=8)
+        assert (configs.config_for("w8a16-int8-row", 4096, 2048, m, cpu)
+                == configs.gluon_rs_config(128, 128, 64, warps=8))
         assert configs.config_for("w8a16-int8-row", 2048, 2048, m, cpu) == usual
         configs.config_for("w8a16-int8-row", 2048, 2048, m, cpu)
     assert keys == [cell, other]
@@ -147,10 +148,10 @@ def test_k_tiles_fit_k_and_the_scale_groups():
     assert fit_block_k(2048, 256, True, 512, span_groups=True) == 256
     assert fit_block_k(2304, 1024, True, 64, span_groups=True) == 256  # tiles K whole
     assert fit_block_k(2304, 1024, True, 96, span_groups=True) == 32  # not a power of two: inside one group
-    gemv = configs._gemv(4, 1, 1024)
-    assert configs.spans_groups(gemv) and not configs.spans_groups(configs._gemv(16, 4, 128))
+    gemv = configs.gemv_config(4, 1, 1024)
+    assert configs.spans_groups(gemv) and not configs.spans_groups(configs.gemv_config(16, 4, 128))
     assert gemv in search_space.candidates("w8a16-int8-group64", 1)
-    gl = configs._gemv_gl(8, 1024)
+    gl = configs.gemv_gl_config(8, 1024)
     assert configs.spans_groups(gl) and gl in search_space.candidates("w8a16-fp8-group64", 1)
     # weight-only, one token: never offered to W8A8 or to larger buckets
     assert all(c["backend"] != "gemv_gl" for c in search_space.candidates("w8a8-int8", 1) + search_space.candidates(
@@ -315,12 +316,14 @@ def test_cuda_dispatch_takes_the_fused_path(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._triton(16, 16, 128, split_k=4), configs._triton(32, 16, 256, split_k=2),
-                                 configs._triton(128, 64, 64), configs._triton(128, 128, 64, warps=8),
-                                 configs._triton(64, 64, 64, split_k=2, swap=False),
-                                 configs._triton(128, 128, 64, warps=8, swap=False),
-                                 configs._gemv(16, 1, 256), configs._gemv(8, 1, 512, split_k=4),
-                                 configs._gemv(16, 4, 128, split_k=2)], ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("cfg", [configs.triton_config(16, 16, 128, split_k=4),
+                                 configs.triton_config(32, 16, 256, split_k=2),
+                                 configs.triton_config(128, 64, 64), configs.triton_config(128, 128, 64, warps=8),
+                                 configs.triton_config(64, 64, 64, split_k=2, swap=False),
+                                 configs.triton_config(128, 128, 64, warps=8, swap=False),
+                                 configs.gemv_config(16, 1, 256), configs.gemv_config(8, 1, 512, split_k=4),
+                                 configs.gemv_config(16, 4, 128, split_k=2)],
+                         ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [("int8", "group", 128), ("fp8", "row", None)])
 def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
     from qexp.kernels.triton_qmm import qmm
@@ -336,10 +339,11 @@ def test_tile_configs_and_split_k(cfg, dtype, gran, gs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._tma(64, 16, 128, swap=True), configs._tma(64, 16, 128, split_k=4, swap=True),
-                                 configs._tma(64, 64, 128, split_k=2), configs._tma(128, 128, 64, warps=8),
-                                 configs._tma(128, 256, 64, warps=8, stages=3), configs._tma(64, 128, 128),
-                                 {**configs._tma(128, 64, 64), "FAST_I8": True}],
+@pytest.mark.parametrize("cfg", [configs.tma_config(64, 16, 128, swap=True),
+                                 configs.tma_config(64, 16, 128, split_k=4, swap=True),
+                                 configs.tma_config(64, 64, 128, split_k=2), configs.tma_config(128, 128, 64, warps=8),
+                                 configs.tma_config(128, 256, 64, warps=8, stages=3), configs.tma_config(64, 128, 128),
+                                 {**configs.tma_config(128, 64, 64), "FAST_I8": True}],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs,act", [("int8", "group", 128, None), ("fp8", "row", None, None),
                                                ("int8", "tensor", None, None), ("int8", "row", None, "int8"),
@@ -354,14 +358,15 @@ def test_tma_tiles_match_reference(cfg, dtype, gran, gs, act, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._gluon(64, 64, 128, stages=6),
-                                 configs._gluon(64, 64, 128, split_k=4, stages=6),
-                                 configs._gluon(128, 64, 64, split_k=2, stages=6),
-                                 configs._gluon(64, 128, 64, warps=8, split_k=4, stages=6),
-                                 configs._gluon(128, 128, 64, warps=8), configs._gluon(128, 256, 64, warps=8, stages=3),
-                                 configs._gluon(256, 128, 64, warps=8, stages=3),
-                                 configs._gluon(64, 64, 128, warps=8, split_k=4, stages=6),
-                                 configs._gluon(64, 64, 64, warps=8, split_k=8, stages=3)],
+@pytest.mark.parametrize("cfg", [configs.gluon_config(64, 64, 128, stages=6),
+                                 configs.gluon_config(64, 64, 128, split_k=4, stages=6),
+                                 configs.gluon_config(128, 64, 64, split_k=2, stages=6),
+                                 configs.gluon_config(64, 128, 64, warps=8, split_k=4, stages=6),
+                                 configs.gluon_config(128, 128, 64, warps=8),
+                                 configs.gluon_config(128, 256, 64, warps=8, stages=3),
+                                 configs.gluon_config(256, 128, 64, warps=8, stages=3),
+                                 configs.gluon_config(64, 64, 128, warps=8, split_k=4, stages=6),
+                                 configs.gluon_config(64, 64, 64, warps=8, split_k=8, stages=3)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [("int8", "row", None), ("int8", "tensor", None), ("int8", "group", 64),
                                            ("fp8", "row", None), ("fp8", "group", 128)])
@@ -373,11 +378,13 @@ def test_gluon_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 256), configs._skinny(64, 16, 128, split_k=4),
-                                 configs._skinny(32, 16, 512, warps=2, stages=3),
-                                 configs._skinny(128, 16, 256, warps=8, split_k=2),
-                                 configs._skinny(64, 64, 64, split_k=2, stages=6), configs._skinny(128, 64, 64),
-                                 configs._skinny(64, 8, 256, split_k=2), configs._skinny(32, 8, 512, warps=2)],
+@pytest.mark.parametrize("cfg", [configs.skinny_config(64, 16, 256), configs.skinny_config(64, 16, 128, split_k=4),
+                                 configs.skinny_config(32, 16, 512, warps=2, stages=3),
+                                 configs.skinny_config(128, 16, 256, warps=8, split_k=2),
+                                 configs.skinny_config(64, 64, 64, split_k=2, stages=6),
+                                 configs.skinny_config(128, 64, 64),
+                                 configs.skinny_config(64, 8, 256, split_k=2),
+                                 configs.skinny_config(32, 8, 512, warps=2)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [1, 5, 70])
@@ -391,7 +398,7 @@ def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._skinny(64, 16, 64), configs._rs(64, 64, 64)],
+@pytest.mark.parametrize("cfg", [configs.skinny_config(64, 16, 64), configs.gluon_rs_config(64, 64, 64)],
                          ids=lambda c: c["backend"])
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
 def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
@@ -411,21 +418,25 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._rs(64, 64, 128, stages=6), configs._rs(64, 64, 64, split_k=4, stages=8),
-                                 configs._rs(128, 64, 64, warps=8, split_k=2, stages=6),
-                                 configs._rs(128, 128, 64, warps=8, stages=5), configs._rs(128, 256, 64, warps=8),
-                                 configs._rs(256, 128, 64, warps=8),
-                                 configs._rs(64, 256, 64, split_k=4),  # 256 tokens, split-K (its sum spills)
-                                 configs._rs(128, 64, 128, split_k=2, stages=5),  # 32 weight rows a warp, 4 warps
+@pytest.mark.parametrize("cfg", [configs.gluon_rs_config(64, 64, 128, stages=6),
+                                 configs.gluon_rs_config(64, 64, 64, split_k=4, stages=8),
+                                 configs.gluon_rs_config(128, 64, 64, warps=8, split_k=2, stages=6),
+                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=5),
+                                 configs.gluon_rs_config(128, 256, 64, warps=8),
+                                 configs.gluon_rs_config(256, 128, 64, warps=8),
+                                 # 256 tokens, split-K (its sum spills)
+                                 configs.gluon_rs_config(64, 256, 64, split_k=4),
+                                 # 32 weight rows a warp, 4 warps
+                                 configs.gluon_rs_config(128, 64, 128, split_k=2, stages=5),
                                  # 32- and 16-token tiles (wgmma N = 32 / 16; up to 19 M tiles per weight strip)
-                                 configs._rs(64, 32, 128, split_k=2, stages=6),
-                                 configs._rs(64, 16, 128, split_k=4, stages=6),
-                                 configs._rs(64, 16, 128, split_k=2, stages=6, producer=True),
+                                 configs.gluon_rs_config(64, 32, 128, split_k=2, stages=6),
+                                 configs.gluon_rs_config(64, 16, 128, split_k=4, stages=6),
+                                 configs.gluon_rs_config(64, 16, 128, split_k=2, stages=6, producer=True),
                                  # a producer warp: ring deeper than a split, one tile per split, 8 consumer warps
-                                 configs._rs(64, 128, 128, stages=5, producer=True),
-                                 configs._rs(64, 64, 128, split_k=16, stages=2, producer=True),
-                                 configs._rs(128, 128, 64, warps=8, split_k=2, stages=6, producer=True),
-                                 configs._rs(128, 256, 64, warps=8, producer=True)],
+                                 configs.gluon_rs_config(64, 128, 128, stages=5, producer=True),
+                                 configs.gluon_rs_config(64, 64, 128, split_k=16, stages=2, producer=True),
+                                 configs.gluon_rs_config(128, 128, 64, warps=8, split_k=2, stages=6, producer=True),
+                                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])
@@ -436,10 +447,10 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._gemv(4, 1, 1024), configs._gemv(8, 1, 512, split_k=2),
-                                 configs._gemv(16, 1, 512, warps=8), configs._gemv(8, 1, 256, prefetch=2),
-                                 configs._gemv(4, 1, 1024, split_k=2, prefetch=2),  # one tile per split
-                                 configs._gemv(8, 1, 512, split_k=2, prefetch=2)],
+@pytest.mark.parametrize("cfg", [configs.gemv_config(4, 1, 1024), configs.gemv_config(8, 1, 512, split_k=2),
+                                 configs.gemv_config(16, 1, 512, warps=8), configs.gemv_config(8, 1, 256, prefetch=2),
+                                 configs.gemv_config(4, 1, 1024, split_k=2, prefetch=2),  # one tile per split
+                                 configs.gemv_config(8, 1, 512, split_k=2, prefetch=2)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", [r for r in RECIPES if r[1] == "group"] + [("int8", "row", None)])
 def test_gemv_tiles_span_scale_groups(cfg, dtype, gran, gs):
@@ -459,9 +470,11 @@ def _one_token_rel(cfg, n, k, dtype, gran, gs, seed):
     return _rel(fused.quantized_linear(x, q, s, group_size=gs, bias=bias, config=cfg), ref)
 
 
-GEMV_GL = [configs._gemv_gl(8, 512), configs._gemv_gl(8, 1024, prefetch=2), configs._gemv_gl(16, 512, warps=8),
-           configs._gemv_gl(4, 1024, prefetch=2), configs._gemv_gl(16, 256), configs._gemv_gl(8, 2048),
-           configs._gemv_gl(16, 512, warps=8, prefetch=2), configs._gemv_gl(32, 512, warps=8)]
+GEMV_GL = [configs.gemv_gl_config(8, 512), configs.gemv_gl_config(8, 1024, prefetch=2),
+           configs.gemv_gl_config(16, 512, warps=8),
+           configs.gemv_gl_config(4, 1024, prefetch=2), configs.gemv_gl_config(16, 256),
+           configs.gemv_gl_config(8, 2048),
+           configs.gemv_gl_config(16, 512, warps=8, prefetch=2), configs.gemv_gl_config(32, 512, warps=8)]
 
 
 @pytest.mark.gpu
@@ -490,7 +503,7 @@ def test_gluon_gemv_conversion_is_exact_for_every_byte(dtype):
     for j in (0, 1, 2, 3, 17, 511):  # every byte position of a 4-byte word
         x = torch.zeros(1, k, device="cuda", dtype=torch.bfloat16)
         x[0, j] = 1
-        out = fused.quantized_linear(x, w, s, config=configs._gemv_gl(8, 512))
+        out = fused.quantized_linear(x, w, s, config=configs.gemv_gl_config(8, 512))
         assert torch.equal(out[0], w.float()[:, j].to(torch.bfloat16)), j
 
 
@@ -498,12 +511,12 @@ def test_gluon_gemv_conversion_is_exact_for_every_byte(dtype):
 def test_gluon_gemv_config_beyond_one_token_runs_the_triton_gemv():
     """On an offset x view (ragged N) it matches too; at M > 1 a gemv_gl config takes the same tile in
     triton_qgemv."""
-    _assert_matches(configs._gemv_gl(8, 512), _ragged_case(1, "int8", "row", None, 5), None)
+    _assert_matches(configs.gemv_gl_config(8, 512), _ragged_case(1, "int8", "row", None, 5), None)
     gen = torch.Generator(device="cuda").manual_seed(2)
     q, s = _quantized(512, 1024, "fp8", "row", None, gen)
     x = torch.randn(2, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
     from qexp.kernels import fused
-    out = fused.quantized_linear(x, q, s, config=configs._gemv_gl(8, 512))
+    out = fused.quantized_linear(x, q, s, config=configs.gemv_gl_config(8, 512))
     assert _rel(out, reference.quantized_linear(x, q, s)) < TOL
 
 
@@ -515,20 +528,20 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
     reference applied to its own input, so a read of stale x (the graph replays with new inputs) shows."""
     from qexp.kernels import fused, pdl
     gen = torch.Generator(device="cuda").manual_seed(17)
-    kinds = [(configs._gemv(4, 1, 1024), "int8", "group", 64, None),
-             (configs._gemv(8, 1, 512, split_k=2), "fp8", "group", 128, None),
-             (configs._gemv(8, 1, 512), "int8", "row", None, "int8"),
-             (configs._triton(32, 16, 256), "int8", "row", None, None),
-             (configs._tma(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None),
-             (configs._gluon(64, 64, 128, split_k=2, stages=6), "int8", "row", None, None),
-             (configs._gluon(64, 64, 128, stages=4), "int8", "group", 128, None),
-             (configs._skinny(64, 16, 128, split_k=4), "fp8", "group", 64, None),
-             (configs._skinny(64, 16, 256), "int8", "row", None, None),
-             (configs._rs(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
-             (configs._rs(128, 64, 64, warps=8), "fp8", "row", None, None),
-             (configs._rs(64, 128, 64, stages=4, producer=True), "int8", "group", 64, None),
-             (configs._gemv_gl(8, 512, prefetch=2), "int8", "row", None, None),
-             (configs._gemv_gl(16, 512, warps=8), "fp8", "group", 128, None)]
+    kinds = [(configs.gemv_config(4, 1, 1024), "int8", "group", 64, None),
+             (configs.gemv_config(8, 1, 512, split_k=2), "fp8", "group", 128, None),
+             (configs.gemv_config(8, 1, 512), "int8", "row", None, "int8"),
+             (configs.triton_config(32, 16, 256), "int8", "row", None, None),
+             (configs.tma_config(64, 16, 128, split_k=4, swap=True, stages=6), "fp8", "row", None, None),
+             (configs.gluon_config(64, 64, 128, split_k=2, stages=6), "int8", "row", None, None),
+             (configs.gluon_config(64, 64, 128, stages=4), "int8", "group", 128, None),
+             (configs.skinny_config(64, 16, 128, split_k=4), "fp8", "group", 64, None),
+             (configs.skinny_config(64, 16, 256), "int8", "row", None, None),
+             (configs.gluon_rs_config(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
+             (configs.gluon_rs_config(128, 64, 64, warps=8), "fp8", "row", None, None),
+             (configs.gluon_rs_config(64, 128, 64, stages=4, producer=True), "int8", "group", 64, None),
+             (configs.gemv_gl_config(8, 512, prefetch=2), "int8", "row", None, None),
+             (configs.gemv_gl_config(16, 512, warps=8), "fp8", "group", 128, None)]
     layers = [(cfg, gs, act) + _quantized(2048, 2048, dt, gran, gs, gen)
               for cfg, dt, gran, gs, act in kinds * 3]
 
@@ -648,14 +661,15 @@ def test_w8a8_matches_reference(act, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._gluon_a8(64, 64, 128, stages=6), configs._gluon_a8(64, 128, 128, split_k=3),
-                                 configs._gluon_a8(128, 64, 128, split_k=4, stages=5),
-                                 configs._gluon_a8(128, 128, 128, warps=8, split_k=2),
-                                 configs._gluon_a8(128, 256, 128, warps=8, stages=3),
-                                 configs._gluon_a8(256, 128, 128, warps=8, stages=3),
+@pytest.mark.parametrize("cfg", [configs.gluon_w8a8_config(64, 64, 128, stages=6),
+                                 configs.gluon_w8a8_config(64, 128, 128, split_k=3),
+                                 configs.gluon_w8a8_config(128, 64, 128, split_k=4, stages=5),
+                                 configs.gluon_w8a8_config(128, 128, 128, warps=8, split_k=2),
+                                 configs.gluon_w8a8_config(128, 256, 128, warps=8, stages=3),
+                                 configs.gluon_w8a8_config(256, 128, 128, warps=8, stages=3),
                                  # grouped token tiles: 5 at M=300 in groups of 2 (the last one short), or one group
-                                 configs._gluon_a8(128, 64, 128, split_k=2, stages=5, group_m=2),
-                                 configs._gluon_a8(128, 128, 128, warps=8, group_m=8)],
+                                 configs.gluon_w8a8_config(128, 64, 128, split_k=2, stages=5, group_m=2),
+                                 configs.gluon_w8a8_config(128, 128, 128, warps=8, group_m=8)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("act", ["int8", "fp8"])
 @pytest.mark.parametrize("m", [5, 70, 300])
@@ -672,7 +686,7 @@ def test_gluon_w8a8_matches_reference(cfg, act, m, tensor_scale):
     for _ in range(2):
         out = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=cfg)
         assert _rel(out, ref) < TOL
-    tma = {**configs._tma(cfg["BLOCK_N"], cfg["BLOCK_M"], 128, warps=cfg["num_warps"]), "num_stages": 3}
+    tma = {**configs.tma_config(cfg["BLOCK_N"], cfg["BLOCK_M"], 128, warps=cfg["num_warps"]), "num_stages": 3}
     want = fused.quantized_linear(x, q, s, act_dtype=act, pre_scale=p, bias=bias, config=tma)
     # int8: exact int32 sums, only the fp32 split-K order differs; fp8 wgmma accumulates below fp32 precision, so
     # another K chunking (split-K) moves the result by ~1e-3
@@ -738,8 +752,8 @@ def test_cuda_graph_capture_replays_with_new_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs._gemv(16, 1, 256), configs._gemv(8, 1, 512, split_k=2),
-                                 configs._gemv(16, 4, 128), configs._gemv(8, 1, 256, prefetch=2)],
+@pytest.mark.parametrize("cfg", [configs.gemv_config(16, 1, 256), configs.gemv_config(8, 1, 512, split_k=2),
+                                 configs.gemv_config(16, 4, 128), configs.gemv_config(8, 1, 256, prefetch=2)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("act", ["int8", "fp8"])
 @pytest.mark.parametrize("m", [1, 3, 16])

@@ -40,31 +40,31 @@ def key(kind_: str, n: int, k: int, m: int) -> str:
     return f"{kind_}|{n}|{k}|{m_bucket(m)}"
 
 
-def _triton(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=True) -> dict:
+def triton_config(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=True) -> dict:
     """Tensor-core tile config; swap=True computes W @ x.T (weight as A, decode-friendly), False x @ W.T."""
     return {"backend": "triton", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
             "num_warps": warps, "num_stages": stages, "GROUP_N": group_n, "SWAP_AB": swap}
 
 
-def _tma(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False) -> dict:
+def tma_config(bn, bm, bk, split_k=1, warps=4, stages=4, group_n=8, swap=False) -> dict:
     """Tensor-core tile config whose tiles arrive by TMA (triton_qmm_tma, sm_90+)."""
     # Triton's own int8 -> bf16 convert (byte permutes + one bf16x2 add per pair) beats the fp32 bit trick here
-    return {**_triton(bn, bm, bk, split_k, warps, stages, group_n, swap), "backend": "tma", "FAST_I8": False}
+    return {**triton_config(bn, bm, bk, split_k, warps, stages, group_n, swap), "backend": "tma", "FAST_I8": False}
 
 
-def _gluon(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+def gluon_config(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
     """W8A16 tile config for the hand-pipelined Gluon kernel (gluon_w8a16, sm_90+): BLOCK_M = 16 x warps or more."""
     return {"backend": "gluon", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
             "num_warps": warps, "num_stages": stages}
 
 
-def _skinny(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
+def skinny_config(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
     """W8A16 small-M config for the mma.sync kernel (gluon_skinny, sm_90+): BLOCK_N = 16 x warps weight rows."""
     return {"backend": "skinny", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
             "num_warps": warps, "num_stages": stages}
 
 
-def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
+def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
     """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
     16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens; producer: a warp of its own issues the
     TMA loads."""
@@ -73,7 +73,7 @@ def _rs(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False) -> dict:
     return {**cfg, "PRODUCER": True} if producer else cfg
 
 
-def _gluon_a8(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:
+def gluon_w8a8_config(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:
     """W8A8 tile config for the Gluon kernel that keeps a wgmma in flight (gluon_w8a8, sm_90+); group_m: programs
     walk that many token tiles across every weight tile (x read from HBM about once at prefill sizes)."""
     cfg = {"backend": "gluon_w8a8", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
@@ -81,14 +81,14 @@ def _gluon_a8(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:
     return {**cfg, "GROUP_M": group_m} if group_m else cfg
 
 
-def _gemv(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
+def gemv_config(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
     """CUDA-core GEMV config (weight-only, small M); prefetch: weight tiles loaded ahead of the one in use."""
     cfg = {"backend": "gemv", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
            "num_warps": warps, "num_stages": stages}
     return {**cfg, "PREFETCH": prefetch} if prefetch > 1 else cfg
 
 
-def _gemv_gl(bn, bk, warps=4, prefetch=1) -> dict:
+def gemv_gl_config(bn, bk, warps=4, prefetch=1) -> dict:
     """One-token Gluon GEMV config (gluon_gemv): BLOCK_N rows over num_warps warps, 16 bytes of K per thread.
     Its keys are also a valid Triton GEMV config, the fallback where Gluon is missing."""
     return {"backend": "gemv_gl", "BLOCK_N": bn, "BLOCK_M": 1, "BLOCK_K": bk, "SPLIT_K": 1, "num_warps": warps,
@@ -120,16 +120,16 @@ def heuristic(kind_: str, n: int, k: int, m: int) -> dict:
     """A reasonable config without tuning (any GPU Triton runs on)."""
     a8 = kind_.startswith("w8a8")
     if m <= 1:
-        return _gemv(8, 1, 512)
+        return gemv_config(8, 1, 512)
     if m <= 16:
-        return _triton(32, 16, 256, split_k=2 if n * k <= 2048 * 2048 else 1)
+        return triton_config(32, 16, 256, split_k=2 if n * k <= 2048 * 2048 else 1)
     if m <= 64:
-        return _triton(64, 64, 128, split_k=2)
+        return triton_config(64, 64, 128, split_k=2)
     if kind_ == "w8a8-fp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
         return {"backend": "scaled_mm"}
     if m <= 256:
-        return _triton(128, 64, 128 if a8 else 64)
-    return _triton(128, 128, 128 if a8 else 64, warps=8, stages=3 if a8 else 4, swap=False)
+        return triton_config(128, 64, 128 if a8 else 64)
+    return triton_config(128, 128, 128 if a8 else 64, warps=8, stages=3 if a8 else 4, swap=False)
 
 
 def _slug(name: str) -> str:

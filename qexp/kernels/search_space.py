@@ -4,10 +4,21 @@ configs that won a cell of some GPU's table (qexp/kernels/tuned/) or a stated re
 `scripts/bench_linear.py --tune` times them and writes the table that `configs` reads at run time; nothing here is
 consulted outside tuning.
 """
+
 from __future__ import annotations
 
-from qexp.kernels.configs import (_gemv, _gemv_gl, _gluon, _gluon_a8, _rs, _skinny, _tma, _triton, m_bucket,
-                                  spans_groups)
+from qexp.kernels.configs import (
+    gemv_config,
+    gemv_gl_config,
+    gluon_config,
+    gluon_w8a8_config,
+    gluon_rs_config,
+    skinny_config,
+    tma_config,
+    triton_config,
+    m_bucket,
+    spans_groups,
+)
 
 
 def candidates(kind_: str, m: int) -> list[dict]:
@@ -16,26 +27,60 @@ def candidates(kind_: str, m: int) -> list[dict]:
     a8 = kind_.startswith("w8a8")
     # pointer-load tiles: the ones that won at least one cell of the 2026-11-25 H100 tune (the others were dropped)
     if b == 1:
-        out = [_triton(32, 16, 256), _gemv(16, 1, 256), _gemv(8, 1, 512), _gemv(4, 1, 1024),
-               _gemv(8, 1, 256, split_k=4), _gemv(8, 1, 512, warps=2), _gemv(16, 1, 512, warps=8)]
+        out = [
+            triton_config(32, 16, 256),
+            gemv_config(16, 1, 256),
+            gemv_config(8, 1, 512),
+            gemv_config(4, 1, 1024),
+            gemv_config(8, 1, 256, split_k=4),
+            gemv_config(8, 1, 512, warps=2),
+            gemv_config(16, 1, 512, warps=8),
+        ]
         # more weight bytes in flight per program (an H200 streams 1.4x an H100's bytes at the same latency)
-        out += [_gemv(16, 1, 1024, warps=8), _gemv(32, 1, 512, warps=8), _gemv(8, 1, 1024),
-                _gemv(16, 1, 256, prefetch=2), _gemv(8, 1, 512, prefetch=2), _gemv(4, 1, 1024, prefetch=2),
-                _gemv(8, 1, 512, warps=2, prefetch=2), _gemv(16, 1, 512, warps=8, prefetch=2)]
+        out += [
+            gemv_config(16, 1, 1024, warps=8),
+            gemv_config(32, 1, 512, warps=8),
+            gemv_config(8, 1, 1024),
+            gemv_config(16, 1, 256, prefetch=2),
+            gemv_config(8, 1, 512, prefetch=2),
+            gemv_config(4, 1, 1024, prefetch=2),
+            gemv_config(8, 1, 512, warps=2, prefetch=2),
+            gemv_config(16, 1, 512, warps=8, prefetch=2),
+        ]
     elif b == 16:
-        out = [_triton(16, 16, 256), _triton(32, 16, 256), _triton(64, 16, 128), _triton(32, 16, 256, split_k=2),
-               _triton(16, 16, 256, split_k=4), _triton(64, 16, 256, split_k=4)]
+        out = [
+            triton_config(16, 16, 256),
+            triton_config(32, 16, 256),
+            triton_config(64, 16, 128),
+            triton_config(32, 16, 256, split_k=2),
+            triton_config(16, 16, 256, split_k=4),
+            triton_config(64, 16, 256, split_k=4),
+        ]
     elif b == 64:
-        out = [_triton(64, 64, 128), _triton(64, 64, 128, split_k=4), _triton(32, 64, 128, split_k=4),
-               _triton(128, 64, 128, split_k=2, stages=3)]
+        out = [
+            triton_config(64, 64, 128),
+            triton_config(64, 64, 128, split_k=4),
+            triton_config(32, 64, 128, split_k=4),
+            triton_config(128, 64, 128, split_k=2, stages=3),
+        ]
     elif b in (128, 256):
-        out = [_triton(64, 64, 64), _triton(64, 64, 128, split_k=2), _triton(128, 64, 64),
-               _triton(64, 128, 64, split_k=2), _triton(128, 128, 64, warps=8), _triton(128, 64, 64, swap=False),
-               _triton(128, 256, 64, warps=8, stages=3)]
+        out = [
+            triton_config(64, 64, 64),
+            triton_config(64, 64, 128, split_k=2),
+            triton_config(128, 64, 64),
+            triton_config(64, 128, 64, split_k=2),
+            triton_config(128, 128, 64, warps=8),
+            triton_config(128, 64, 64, swap=False),
+            triton_config(128, 256, 64, warps=8, stages=3),
+        ]
     else:
-        out = [_triton(128, 128, 64, warps=8), _triton(128, 128, 128, warps=8, stages=3, swap=False),
-               _triton(128, 64, 64, swap=False), _triton(128, 256, 64, warps=8, stages=3),
-               _triton(128, 128, 64, stages=4, swap=False)]
+        out = [
+            triton_config(128, 128, 64, warps=8),
+            triton_config(128, 128, 128, warps=8, stages=3, swap=False),
+            triton_config(128, 64, 64, swap=False),
+            triton_config(128, 256, 64, warps=8, stages=3),
+            triton_config(128, 128, 64, stages=4, swap=False),
+        ]
     out += _tma_candidates(b, a8)
     if a8:
         out += _gluon_a8_candidates(b)
@@ -51,8 +96,7 @@ def candidates(kind_: str, m: int) -> list[dict]:
         out += [{"backend": "dequant_mm"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
-        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c and not spans_groups(c) else c
-               for c in out]
+        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c and not spans_groups(c) else c for c in out]
         out = [c for i, c in enumerate(out) if c not in out[:i]]
     return out
 
@@ -65,64 +109,129 @@ def _tma_candidates(b: int, a8: bool) -> list[dict]:
     if b == 1:
         return []
     if b == 16:
-        return [_tma(64, 16, 128, swap=True), _tma(64, 16, 128, split_k=4, swap=True, stages=6),
-                _tma(64, 64, 128, split_k=2, stages=6), _tma(64, 64, 128, split_k=4, stages=6),
-                _tma(128, 64, 128, split_k=4, stages=5), _tma(64, 64, 128, split_k=8, stages=4)]
+        return [
+            tma_config(64, 16, 128, swap=True),
+            tma_config(64, 16, 128, split_k=4, swap=True, stages=6),
+            tma_config(64, 64, 128, split_k=2, stages=6),
+            tma_config(64, 64, 128, split_k=4, stages=6),
+            tma_config(128, 64, 128, split_k=4, stages=5),
+            tma_config(64, 64, 128, split_k=8, stages=4),
+        ]
     if b == 64:
-        return [_tma(64, 64, 128, stages=6), _tma(64, 64, 128, split_k=2, stages=6),
-                _tma(64, 64, 128, split_k=4, stages=6), _tma(128, 64, 128, split_k=2, stages=5),
-                _tma(128, 64, 128, split_k=4, stages=5), _tma(128, 64, bk, warps=8, split_k=2),
-                # shallower rings: two or three programs per SM overlap each other's convert and MMA
-                _tma(64, 64, 128, split_k=4, stages=3), _tma(64, 64, 64, split_k=4, stages=4)]
+        return [
+            tma_config(64, 64, 128, stages=6),
+            tma_config(64, 64, 128, split_k=2, stages=6),
+            tma_config(64, 64, 128, split_k=4, stages=6),
+            tma_config(128, 64, 128, split_k=2, stages=5),
+            tma_config(128, 64, 128, split_k=4, stages=5),
+            tma_config(128, 64, bk, warps=8, split_k=2),
+            # shallower rings: two or three programs per SM overlap each other's convert and MMA
+            tma_config(64, 64, 128, split_k=4, stages=3),
+            tma_config(64, 64, 64, split_k=4, stages=4),
+        ]
     if b == 128:
-        return [_tma(64, 128, bk, stages=6), _tma(64, 128, bk, split_k=2, stages=6),
-                _tma(64, 128, bk, split_k=4, stages=6), _tma(128, 128, bk, warps=8),
-                _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, 128, split_k=4, stages=4),
-                _tma(128, 128, 128, warps=8, split_k=4, stages=4), _tma(64, 128, 64, split_k=4, stages=3),
-                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, bk, split_k=3, stages=6)]
+        return [
+            tma_config(64, 128, bk, stages=6),
+            tma_config(64, 128, bk, split_k=2, stages=6),
+            tma_config(64, 128, bk, split_k=4, stages=6),
+            tma_config(128, 128, bk, warps=8),
+            tma_config(128, 128, bk, warps=8, split_k=2),
+            tma_config(64, 128, 128, split_k=4, stages=4),
+            tma_config(128, 128, 128, warps=8, split_k=4, stages=4),
+            tma_config(64, 128, 64, split_k=4, stages=3),
+            tma_config(64, 128, 64, split_k=2, stages=3),
+            tma_config(64, 128, bk, split_k=3, stages=6),
+        ]
     if b == 256:
-        return [_tma(128, 128, bk, warps=8), _tma(128, 256, bk, warps=8, stages=3), _tma(64, 256, bk, warps=8),
-                _tma(128, 128, bk, warps=8, split_k=2), _tma(64, 128, bk, stages=6),
-                _tma(64, 128, bk, split_k=2, stages=6), _tma(128, 256, bk, warps=8, split_k=2, stages=3),
-                _tma(64, 128, 64, split_k=2, stages=3), _tma(64, 128, 64, stages=3),
-                # N = 1024-2048 gives 32-64 tiles of 64 x 128 for 132 SMs: split K (W8A8 int8 at 0.65x, H200)
-                _tma(64, 128, bk, split_k=4, stages=6), _tma(64, 128, bk, split_k=3, stages=6)]
-    return [_tma(128, 128, bk, warps=8, stages=3), _tma(128, 128, bk, warps=8, stages=4),
-            _tma(256, 128, bk, warps=8, stages=3), _tma(128, 256, bk, warps=8, stages=3),
-            _tma(256, 128, bk, warps=8, stages=3, group_n=16),
-            # M = 1024 at N = 1024-2048: 64-128 tiles of 128 x 128 leave SMs idle; narrower tiles, or split K
-            _tma(64, 128, bk, stages=6), _tma(64, 128, bk, split_k=2, stages=6),
-            _tma(128, 128, bk, warps=8, split_k=2, stages=4)]
+        return [
+            tma_config(128, 128, bk, warps=8),
+            tma_config(128, 256, bk, warps=8, stages=3),
+            tma_config(64, 256, bk, warps=8),
+            tma_config(128, 128, bk, warps=8, split_k=2),
+            tma_config(64, 128, bk, stages=6),
+            tma_config(64, 128, bk, split_k=2, stages=6),
+            tma_config(128, 256, bk, warps=8, split_k=2, stages=3),
+            tma_config(64, 128, 64, split_k=2, stages=3),
+            tma_config(64, 128, 64, stages=3),
+            # N = 1024-2048 gives 32-64 tiles of 64 x 128 for 132 SMs: split K (W8A8 int8 at 0.65x, H200)
+            tma_config(64, 128, bk, split_k=4, stages=6),
+            tma_config(64, 128, bk, split_k=3, stages=6),
+        ]
+    return [
+        tma_config(128, 128, bk, warps=8, stages=3),
+        tma_config(128, 128, bk, warps=8, stages=4),
+        tma_config(256, 128, bk, warps=8, stages=3),
+        tma_config(128, 256, bk, warps=8, stages=3),
+        tma_config(256, 128, bk, warps=8, stages=3, group_n=16),
+        # M = 1024 at N = 1024-2048: 64-128 tiles of 128 x 128 leave SMs idle; narrower tiles, or split K
+        tma_config(64, 128, bk, stages=6),
+        tma_config(64, 128, bk, split_k=2, stages=6),
+        tma_config(128, 128, bk, warps=8, split_k=2, stages=4),
+    ]
 
 
 def _gemv_gl_candidates() -> list[dict]:
     """Rows per thread (BLOCK_N / warps) share one converted x tile; PREFETCH=2 puts a third tile in flight."""
-    return [_gemv_gl(4, 1024, prefetch=2), _gemv_gl(8, 512), _gemv_gl(8, 512, prefetch=2), _gemv_gl(8, 1024),
-            _gemv_gl(8, 1024, prefetch=2), _gemv_gl(16, 512), _gemv_gl(16, 512, warps=8, prefetch=2),
-            _gemv_gl(16, 1024, warps=8), _gemv_gl(32, 512, warps=8), _gemv_gl(16, 256), _gemv_gl(8, 2048),
-            _gemv_gl(16, 1024), _gemv_gl(32, 1024, warps=8), _gemv_gl(8, 1024, warps=2)]
+    return [
+        gemv_gl_config(4, 1024, prefetch=2),
+        gemv_gl_config(8, 512),
+        gemv_gl_config(8, 512, prefetch=2),
+        gemv_gl_config(8, 1024),
+        gemv_gl_config(8, 1024, prefetch=2),
+        gemv_gl_config(16, 512),
+        gemv_gl_config(16, 512, warps=8, prefetch=2),
+        gemv_gl_config(16, 1024, warps=8),
+        gemv_gl_config(32, 512, warps=8),
+        gemv_gl_config(16, 256),
+        gemv_gl_config(8, 2048),
+        gemv_gl_config(16, 1024),
+        gemv_gl_config(32, 1024, warps=8),
+        gemv_gl_config(8, 1024, warps=2),
+    ]
 
 
 def _skinny_candidates(b: int) -> list[dict]:
     """Few weight rows per program and split-K, so that even N = 1024 spreads over every SM. At M=1 the TMA ring
     keeps weight bytes in flight without holding them in registers (8-token tiles: the MMA's smallest N)."""
     if b == 1:
-        return [_skinny(64, 8, 256), _skinny(64, 8, 512, stages=3), _skinny(64, 16, 256),
-                _skinny(64, 8, 256, split_k=2), _skinny(32, 8, 512, warps=2), _skinny(128, 8, 256, warps=8),
-                _skinny(64, 8, 128, split_k=4, stages=6), _skinny(32, 8, 256, warps=2, split_k=2, stages=6)]
+        return [
+            skinny_config(64, 8, 256),
+            skinny_config(64, 8, 512, stages=3),
+            skinny_config(64, 16, 256),
+            skinny_config(64, 8, 256, split_k=2),
+            skinny_config(32, 8, 512, warps=2),
+            skinny_config(128, 8, 256, warps=8),
+            skinny_config(64, 8, 128, split_k=4, stages=6),
+            skinny_config(32, 8, 256, warps=2, split_k=2, stages=6),
+        ]
     if b == 16:
-        return [_skinny(64, 16, 256), _skinny(64, 16, 128), _skinny(64, 16, 256, split_k=2),
-                _skinny(64, 16, 128, split_k=4), _skinny(64, 16, 256, split_k=4), _skinny(128, 16, 128, warps=8),
-                _skinny(128, 16, 256, warps=8, split_k=2), _skinny(64, 16, 128, split_k=8, stages=3),
-                _skinny(32, 16, 256, warps=2, split_k=2), _skinny(32, 16, 256, warps=2, split_k=4),
-                _skinny(32, 16, 512, warps=2, stages=3), _skinny(64, 16, 512, split_k=2, stages=3),
-                # deeper rings (more bytes in flight for an H200)
-                _skinny(64, 16, 256, stages=6), _skinny(64, 16, 128, split_k=2, stages=8),
-                _skinny(32, 16, 256, warps=2, split_k=2, stages=6), _skinny(128, 16, 128, warps=8, split_k=2,
-                                                                            stages=6)]
+        return [
+            skinny_config(64, 16, 256),
+            skinny_config(64, 16, 128),
+            skinny_config(64, 16, 256, split_k=2),
+            skinny_config(64, 16, 128, split_k=4),
+            skinny_config(64, 16, 256, split_k=4),
+            skinny_config(128, 16, 128, warps=8),
+            skinny_config(128, 16, 256, warps=8, split_k=2),
+            skinny_config(64, 16, 128, split_k=8, stages=3),
+            skinny_config(32, 16, 256, warps=2, split_k=2),
+            skinny_config(32, 16, 256, warps=2, split_k=4),
+            skinny_config(32, 16, 512, warps=2, stages=3),
+            skinny_config(64, 16, 512, split_k=2, stages=3),
+            # deeper rings (more bytes in flight for an H200)
+            skinny_config(64, 16, 256, stages=6),
+            skinny_config(64, 16, 128, split_k=2, stages=8),
+            skinny_config(32, 16, 256, warps=2, split_k=2, stages=6),
+            skinny_config(128, 16, 128, warps=8, split_k=2, stages=6),
+        ]
     if b == 64:  # (128- and 256-row tiles, 32 rows per warp, were tried at M=64 and M=128: no cell won)
-        return [_skinny(64, 64, 64, stages=6), _skinny(64, 64, 64, split_k=2, stages=6),
-                _skinny(64, 32, 128), _skinny(64, 32, 128, split_k=2), _skinny(128, 64, 64, warps=8, split_k=2)]
+        return [
+            skinny_config(64, 64, 64, stages=6),
+            skinny_config(64, 64, 64, split_k=2, stages=6),
+            skinny_config(64, 32, 128),
+            skinny_config(64, 32, 128, split_k=2),
+            skinny_config(128, 64, 64, warps=8, split_k=2),
+        ]
     return []
 
 
@@ -132,68 +241,118 @@ def _rs_candidates(b: int) -> list[dict]:
     row-wise and group-wise cells were tuned on the H200; dropped and never winning: 128-256 weight rows per
     64-token program, 256-token tiles with split-K, 64-wide K tiles eight deep, split 8)."""
     if b == 16:  # wgmma's N = 16 with the weight in registers: beats skinny's mma.sync on 6 of 24 H200 cells
-        return [_rs(64, 16, 128, split_k=2, stages=6), _rs(64, 16, 128, split_k=4, stages=6),
-                _rs(64, 16, 128, split_k=4, stages=6, producer=True)]
+        return [
+            gluon_rs_config(64, 16, 128, split_k=2, stages=6),
+            gluon_rs_config(64, 16, 128, split_k=4, stages=6),
+            gluon_rs_config(64, 16, 128, split_k=4, stages=6, producer=True),
+        ]
     if b == 64:
-        return [_rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4,
-                stages=6), _rs(128, 64, 64, warps=8, stages=6), _rs(64, 64, 128, stages=6, producer=True),
-                _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
-                                                                        producer=True),
-                _rs(64, 32, 128, split_k=2, stages=6), _rs(64, 32, 128, split_k=4, stages=6)]
+        return [
+            gluon_rs_config(64, 64, 128, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=4, stages=6),
+            gluon_rs_config(128, 64, 64, warps=8, stages=6),
+            gluon_rs_config(64, 64, 128, stages=6, producer=True),
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
+            gluon_rs_config(64, 64, 128, split_k=4, stages=6, producer=True),
+            gluon_rs_config(64, 32, 128, split_k=2, stages=6),
+            gluon_rs_config(64, 32, 128, split_k=4, stages=6),
+        ]
     if b == 128:
-        return [_rs(64, 128, 64, split_k=2, stages=6), _rs(128, 128, 64, warps=8, stages=5),
-                _rs(64, 128, 64, split_k=2), _rs(128, 128, 64, stages=3), _rs(64, 128, 128),
-                _rs(64, 128, 128, split_k=2),
-                # K = 6144 at ~100 tokens (down_proj): 3-4 splits of 128-wide K tiles, five deep; 128 weight rows
-                _rs(64, 128, 128, split_k=3, stages=5), _rs(128, 128, 128, warps=8, stages=4),
-                _rs(64, 128, 128, producer=True), _rs(64, 128, 128, stages=5, producer=True),
-                _rs(64, 128, 128, split_k=4, stages=5, producer=True),
-                _rs(128, 128, 128, warps=8, stages=4, producer=True),
-                _rs(128, 128, 64, warps=8, stages=6, producer=True),
-                # 64-token tiles: two programs per weight strip (its second read from L2), so N = 1024-2048
-                # spreads over the SMs (H200, 2026-12-01: N=1024 0.72x -> 0.97x bf16)
-                _rs(64, 64, 128, split_k=2, stages=6), _rs(64, 64, 128, split_k=4, stages=6),
-                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=3, stages=6),
-                _rs(64, 64, 128, split_k=2, stages=6, producer=True), _rs(64, 64, 128, split_k=4, stages=6,
-                                                                        producer=True)]
+        return [
+            gluon_rs_config(64, 128, 64, split_k=2, stages=6),
+            gluon_rs_config(128, 128, 64, warps=8, stages=5),
+            gluon_rs_config(64, 128, 64, split_k=2),
+            gluon_rs_config(128, 128, 64, stages=3),
+            gluon_rs_config(64, 128, 128),
+            gluon_rs_config(64, 128, 128, split_k=2),
+            # K = 6144 at ~100 tokens (down_proj): 3-4 splits of 128-wide K tiles, five deep; 128 weight rows
+            gluon_rs_config(64, 128, 128, split_k=3, stages=5),
+            gluon_rs_config(128, 128, 128, warps=8, stages=4),
+            gluon_rs_config(64, 128, 128, producer=True),
+            gluon_rs_config(64, 128, 128, stages=5, producer=True),
+            gluon_rs_config(64, 128, 128, split_k=4, stages=5, producer=True),
+            gluon_rs_config(128, 128, 128, warps=8, stages=4, producer=True),
+            gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True),
+            # 64-token tiles: two programs per weight strip (its second read from L2), so N = 1024-2048
+            # spreads over the SMs (H200, 2026-12-01: N=1024 0.72x -> 0.97x bf16)
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=4, stages=6),
+            gluon_rs_config(64, 64, 128, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=3, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
+            gluon_rs_config(64, 64, 128, split_k=4, stages=6, producer=True),
+        ]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
-        return [_rs(128, 256, 64, warps=8), _rs(64, 256, 64), _rs(64, 128, 64, stages=4), _rs(64, 128, 128),
-                _rs(128, 256, 64, warps=8, producer=True), _rs(64, 256, 64, producer=True),
-                _rs(64, 128, 128, producer=True),
-                # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session; 64-token tiles
-                _rs(64, 128, 128, split_k=2, stages=5), _rs(64, 64, 128, split_k=2, stages=6),
-                _rs(64, 64, 128, stages=6), _rs(64, 64, 128, split_k=2, stages=6, producer=True)]
+        return [
+            gluon_rs_config(128, 256, 64, warps=8),
+            gluon_rs_config(64, 256, 64),
+            gluon_rs_config(64, 128, 64, stages=4),
+            gluon_rs_config(64, 128, 128),
+            gluon_rs_config(128, 256, 64, warps=8, producer=True),
+            gluon_rs_config(64, 256, 64, producer=True),
+            gluon_rs_config(64, 128, 128, producer=True),
+            # N = 1024-2048 leaves too few strips: split-K, cheap since the sixth H200 session; 64-token tiles
+            gluon_rs_config(64, 128, 128, split_k=2, stages=5),
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6),
+            gluon_rs_config(64, 64, 128, stages=6),
+            gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
+        ]
     if b >= 1024:
-        return [_rs(128, 128, 64, warps=8, stages=5), _rs(128, 256, 64, warps=8),
-                _rs(128, 256, 64, warps=8, stages=3), _rs(64, 128, 64, stages=4),
-                _rs(128, 128, 128, warps=8, stages=3),  # (K tiles of 128: half the per-step barriers and waits)
-                # a producer warp: no TMA issue or CTA-wide barrier in the consumers' step, so the two consumer
-                # warp groups need not run in lock step
-                _rs(128, 256, 64, warps=8, producer=True), _rs(128, 256, 64, warps=8, stages=3, producer=True),
-                _rs(128, 128, 64, warps=8, stages=5, producer=True)]
+        return [
+            gluon_rs_config(128, 128, 64, warps=8, stages=5),
+            gluon_rs_config(128, 256, 64, warps=8),
+            gluon_rs_config(128, 256, 64, warps=8, stages=3),
+            gluon_rs_config(64, 128, 64, stages=4),
+            gluon_rs_config(128, 128, 128, warps=8, stages=3),  # (K tiles of 128: half the per-step barriers and waits)
+            # a producer warp: no TMA issue or CTA-wide barrier in the consumers' step, so the two consumer
+            # warp groups need not run in lock step
+            gluon_rs_config(128, 256, 64, warps=8, producer=True),
+            gluon_rs_config(128, 256, 64, warps=8, stages=3, producer=True),
+            gluon_rs_config(128, 128, 64, warps=8, stages=5, producer=True),
+        ]
     return []
 
 
 def _gluon_a8_candidates(b: int) -> list[dict]:
     """As the tma ones (64-token tiles at least: wgmma's M), plus splits of K where few tiles would leave SMs idle."""
     if b == 64:
-        return [_gluon_a8(64, 64, 128, stages=6), _gluon_a8(64, 64, 128, split_k=2, stages=6),
-                _gluon_a8(64, 64, 128, split_k=4, stages=6), _gluon_a8(128, 64, 128, split_k=2, stages=5),
-                _gluon_a8(128, 64, 128, split_k=4, stages=5)]
+        return [
+            gluon_w8a8_config(64, 64, 128, stages=6),
+            gluon_w8a8_config(64, 64, 128, split_k=2, stages=6),
+            gluon_w8a8_config(64, 64, 128, split_k=4, stages=6),
+            gluon_w8a8_config(128, 64, 128, split_k=2, stages=5),
+            gluon_w8a8_config(128, 64, 128, split_k=4, stages=5),
+        ]
     if b in (128, 256):
-        return [_gluon_a8(64, 128, 128, stages=6), _gluon_a8(64, 128, 128, split_k=2, stages=6),
-                _gluon_a8(64, 128, 128, split_k=3, stages=6), _gluon_a8(64, 128, 128, split_k=4, stages=6),
-                _gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 128, 128, warps=8, split_k=2)] + (
-            [_gluon_a8(128, 256, 128, warps=8, stages=3), _gluon_a8(64, 256, 128, warps=8)] if b == 256 else [])
+        return [
+            gluon_w8a8_config(64, 128, 128, stages=6),
+            gluon_w8a8_config(64, 128, 128, split_k=2, stages=6),
+            gluon_w8a8_config(64, 128, 128, split_k=3, stages=6),
+            gluon_w8a8_config(64, 128, 128, split_k=4, stages=6),
+            gluon_w8a8_config(128, 128, 128, warps=8),
+            gluon_w8a8_config(128, 128, 128, warps=8, split_k=2),
+        ] + (
+            [gluon_w8a8_config(128, 256, 128, warps=8, stages=3), gluon_w8a8_config(64, 256, 128, warps=8)]
+            if b == 256
+            else []
+        )
     # larger M: grouped token tiles only (ungrouped, at ~16k prefill tokens x streamed from HBM once per pair of
     # weight strips: a M=4096 cell tuned ungrouped slowed prefill, sixth H200 session)
-    grouped = [_gluon_a8(128, 128, 128, warps=8, group_m=8), _gluon_a8(128, 256, 128, warps=8, stages=3, group_m=8),
-               _gluon_a8(256, 128, 128, warps=8, stages=3, group_m=8)]
+    grouped = [
+        gluon_w8a8_config(128, 128, 128, warps=8, group_m=8),
+        gluon_w8a8_config(128, 256, 128, warps=8, stages=3, group_m=8),
+        gluon_w8a8_config(256, 128, 128, warps=8, stages=3, group_m=8),
+    ]
     if b == 1024:
-        return [_gluon_a8(128, 128, 128, warps=8), _gluon_a8(128, 256, 128, warps=8, stages=3),
-                _gluon_a8(256, 128, 128, warps=8, stages=3), _gluon_a8(64, 128, 128, stages=6),
-                _gluon_a8(128, 128, 128, warps=8, split_k=2)] + grouped
+        return [
+            gluon_w8a8_config(128, 128, 128, warps=8),
+            gluon_w8a8_config(128, 256, 128, warps=8, stages=3),
+            gluon_w8a8_config(256, 128, 128, warps=8, stages=3),
+            gluon_w8a8_config(64, 128, 128, stages=6),
+            gluon_w8a8_config(128, 128, 128, warps=8, split_k=2),
+        ] + grouped
     return grouped if b > 1024 else []
 
 
@@ -201,15 +360,30 @@ def _gluon_candidates(b: int) -> list[dict]:
     if b == 1:
         return []
     if b in (16, 64):  # (8 warps splitting N of a 64-row tile were tried too: no cell won)
-        return [_gluon(64, 64, 128, stages=6), _gluon(64, 64, 128, split_k=2, stages=6),
-                _gluon(64, 64, 128, split_k=4, stages=6), _gluon(128, 64, 64, split_k=2, stages=6),
-                _gluon(128, 64, 64, split_k=4, stages=6)]
+        return [
+            gluon_config(64, 64, 128, stages=6),
+            gluon_config(64, 64, 128, split_k=2, stages=6),
+            gluon_config(64, 64, 128, split_k=4, stages=6),
+            gluon_config(128, 64, 64, split_k=2, stages=6),
+            gluon_config(128, 64, 64, split_k=4, stages=6),
+        ]
     if b == 128:
-        return [_gluon(64, 128, 64, warps=8, stages=6), _gluon(64, 128, 64, warps=8, split_k=2, stages=6),
-                _gluon(64, 128, 64, warps=8, split_k=4, stages=6), _gluon(128, 128, 64, warps=8),
-                _gluon(128, 128, 64, warps=8, split_k=2)]
+        return [
+            gluon_config(64, 128, 64, warps=8, stages=6),
+            gluon_config(64, 128, 64, warps=8, split_k=2, stages=6),
+            gluon_config(64, 128, 64, warps=8, split_k=4, stages=6),
+            gluon_config(128, 128, 64, warps=8),
+            gluon_config(128, 128, 64, warps=8, split_k=2),
+        ]
     if b == 256:
-        return [_gluon(128, 128, 64, warps=8), _gluon(64, 128, 64, warps=8, split_k=2, stages=6),
-                _gluon(128, 256, 64, warps=8, stages=3), _gluon(128, 128, 64, warps=8, split_k=2)]
-    return [_gluon(128, 128, 64, warps=8), _gluon(128, 256, 64, warps=8, stages=3),
-            _gluon(256, 128, 64, warps=8, stages=3)]
+        return [
+            gluon_config(128, 128, 64, warps=8),
+            gluon_config(64, 128, 64, warps=8, split_k=2, stages=6),
+            gluon_config(128, 256, 64, warps=8, stages=3),
+            gluon_config(128, 128, 64, warps=8, split_k=2),
+        ]
+    return [
+        gluon_config(128, 128, 64, warps=8),
+        gluon_config(128, 256, 64, warps=8, stages=3),
+        gluon_config(256, 128, 64, warps=8, stages=3),
+    ]
