@@ -178,6 +178,9 @@ def main() -> None:
                          '"num_stages": 3}\' (default: paged_attention.DECODE_CONFIG)')
     ap.add_argument("--attention-merge", default="kernel", choices=["kernel", "launch"],
                     help="split-KV decode partials merged by the last split program or by a second launch")
+    ap.add_argument("--swiglu", default="apart", choices=["apart", "fused"],
+                    help="batch-1 SiLU * up: a launch of its own, or the gate/up GEMV's epilogue "
+                         "(model_runner.FUSE_SWIGLU)")
     ap.add_argument("--out", default="benchmarks/engine.json")
     args = ap.parse_args()
     import importlib  # the module itself: qexp.engine.kernels exports a function of the same name
@@ -185,6 +188,8 @@ def main() -> None:
     if args.decode_attention:
         pa.DECODE_CONFIG = json.loads(args.decode_attention)
     pa.MERGE_IN_KERNEL = args.attention_merge == "kernel"
+    from qexp.engine import model_runner
+    model_runner.FUSE_SWIGLU = args.swiglu == "fused"
 
     import torchao
     import transformers

@@ -279,3 +279,42 @@ def test_w8a8_engine_quantizes_activations_in_the_norms(tiny_model_dir, act, mon
     assert out_f == out_u
     assert all(torch.equal(a, b) for a, b in zip(lp_f, lp_u))
     assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, dtype, monkeypatch):
+    """model_runner.FUSE_SWIGLU: at batch 1 the merged weight-only gate/up runs fused.gate_up_swiglu (its table cell
+    set to the Gluon GEMV here) and the graph-replayed decode logits equal those of the GEMV then silu_mul."""
+    from qexp.config import RunConfig
+    from qexp.engine import LLM, SamplingParams, model_runner
+    from qexp.kernels import configs, fused
+    from qexp.models.loader import load_model
+    from qexp.quant.apply import quantize_model
+    m = load_model(str(tiny_model_dir), "dummy", DEV, 0)
+    quantize_model(m, RunConfig(dtype=dtype, quant="row", mode="real").validate())
+    c = m.config
+    kind = configs.kind(torch.int8 if dtype == "int8" else torch.float8_e4m3fn, None, None)
+    cell = {configs.key(kind, 2 * c.intermediate_size, c.hidden_size, 1): configs.gemv_gl_config(8, 512)}
+    prompt = torch.randint(0, 151936, (37,), generator=torch.Generator().manual_seed(5)).tolist()
+    fused_calls, swiglu = [], fused.gate_up_swiglu
+    monkeypatch.setattr(fused, "gate_up_swiglu", lambda *a, **k: fused_calls.append(1) or swiglu(*a, **k))
+    runs = {}
+    with configs.override(cell):
+        for fuse in (True, False):
+            monkeypatch.setattr(model_runner, "FUSE_SWIGLU", fuse)
+            llm = LLM(m, block_size=16, max_num_seqs=4, max_model_len=256, max_num_batched_tokens=256,
+                      num_kvcache_blocks=40)
+            steps, dec = [], llm.runner.decode
+
+            def recording(seqs, input_ids=None, dec=dec, rec=steps):
+                logits = dec(seqs, input_ids)
+                rec.append(logits.float().clone())
+                return logits
+            llm.runner.decode = recording
+            out = llm.generate([prompt], SamplingParams(max_tokens=8, ignore_eos=True))
+            runs[fuse] = (out, steps, len(fused_calls))
+            del llm
+    (out_f, st_f, n_f), (out_u, st_u, n_u) = runs[True], runs[False]
+    assert n_f >= c.num_hidden_layers and n_u == n_f  # used with the switch on (warm-up and capture), not off
+    assert out_f == out_u
+    assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))

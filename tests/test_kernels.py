@@ -488,6 +488,43 @@ def test_gluon_gemv_matches_reference(cfg, k, dtype, gran, gs):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", GEMV_GL[:4], ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+def test_gate_up_swiglu_equals_the_gemv_then_silu_mul(cfg, dtype, gran, gs):
+    """SiLU * up in the one-token GEMV's epilogue, for a merged gate/up weight (2I, K): bit for bit the GEMV's
+    (1, 2I) output through elementwise.silu_mul, and near the float32 reference; I = 1040 (edge rows masked),
+    freed memory poisoned first."""
+    from qexp.engine.kernels import silu_mul
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(7 + (gs or 0))
+    i, k = 1040, 2048
+    q, s = _quantized(2 * i, k, dtype, gran, gs, gen)
+    x = torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    assert fused.fuses_swiglu(x, q, s, gs, None, config=cfg)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.gate_up_swiglu(x, q, s, group_size=gs, config=cfg)
+    gate_up = fused.quantized_linear(x, q, s, group_size=gs, config=cfg)
+    assert out.shape == (1, i)
+    assert torch.equal(out, silu_mul(gate_up[:, :i], gate_up[:, i:]))
+    ref = reference.quantized_linear(x, q, s, group_size=gs).float()
+    assert _rel(out, torch.nn.functional.silu(ref[:, :i]) * ref[:, i:]) < TOL
+
+
+@pytest.mark.gpu
+def test_gate_up_swiglu_is_offered_only_for_one_weight_only_token_on_the_gluon_gemv():
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, s = _quantized(2 * 512, 2048, "int8", "row", None, gen)
+    x = torch.randn(2, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+    gl_cfg, gemv_cfg = configs.gemv_gl_config(8, 512), configs.gemv_config(8, 1, 512)
+    assert fused.fuses_swiglu(x[:1], q, s, None, None, config=gl_cfg)
+    assert not fused.fuses_swiglu(x, q, s, None, None, config=gl_cfg)  # two tokens
+    assert not fused.fuses_swiglu(x[:1], q, s, None, None, config=gemv_cfg)  # another backend
+    assert not fused.fuses_swiglu(x[:1], q, s, None, "int8", config=gl_cfg)  # W8A8
+    assert not fused.fuses_swiglu(x[:1], q, s, None, None, bias=torch.zeros(1024, device="cuda"), config=gl_cfg)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
 def test_gluon_gemv_conversion_is_exact_for_every_byte(dtype):
     """The GEMV's int8 byte-permute convert and its e4m3 convert are exact for all 256 codes (NaN codes excluded):

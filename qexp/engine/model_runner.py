@@ -33,6 +33,9 @@ from qexp.kernels.activation import QuantizedActivation
 from qexp.quant.real import QuantizedWeight
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
+# SiLU * up in the epilogue of the one-token gate/up GEMV (fused.gate_up_swiglu), saving a launch a layer at
+# batch 1. Off until it has run on a GPU: compiled for sm_90a only (bench_engine --swiglu fused for the A/B)
+FUSE_SWIGLU = False
 FREE_MARGIN_BYTES = 1 << 30  # left free on the card for the CUDA context, cuBLAS workspaces and graphs
 
 
@@ -183,9 +186,14 @@ class ModelRunner:
             if self.use_triton:
                 x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual,
                                                     self._quant_in(self.gate_up[i], T))
-                gate, up = self._gate_up(i, x)
                 down = (mlp.down_proj.weight, mlp.down_proj.bias)
-                h = self._linear(self.kernels.silu_mul(gate, up, self._quant_in(down, T)), *down)
+                if self._swiglu_in_gemv(self.gate_up[i], x):
+                    w = self.gate_up[i][0]
+                    act = self.fused.gate_up_swiglu(x, w.qdata, w.scale, group_size=w.group_size)
+                else:
+                    gate, up = self._gate_up(i, x)
+                    act = self.kernels.silu_mul(gate, up, self._quant_in(down, T))
+                h = self._linear(act, *down)
             else:
                 h = residual + h
                 residual = h
@@ -204,6 +212,14 @@ class ModelRunner:
         if self.gate_up[i] is None:
             return mlp.gate_proj(x), mlp.up_proj(x)
         return self._linear(x, *self.gate_up[i]).chunk(2, dim=-1)
+
+    def _swiglu_in_gemv(self, gate_up: tuple[torch.Tensor, torch.Tensor | None] | None, x) -> bool:
+        """Whether this step's merged weight-only gate/up runs with SiLU * up in its GEMV (FUSE_SWIGLU, one token)."""
+        if not FUSE_SWIGLU or gate_up is None or isinstance(x, QuantizedActivation):
+            return False
+        w, bias = gate_up
+        return (type(w) is QuantizedWeight and w.pre_scale is None
+                and self.fused.fuses_swiglu(x, w.qdata, w.scale, w.group_size, w.act_dtype, bias))
 
     def _quant_in(self, linear: tuple[torch.Tensor, torch.Tensor | None] | None, m: int) -> str | None:
         """"int8" | "fp8" when the kernel producing this linear's input should quantize it (a W8A8 weight without

@@ -6,7 +6,8 @@
   gluon_w8a8  W8A8 for M >= 64, one wgmma kept in flight also for int8 (gluon_w8a8, sm_90+)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
-  gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv)
+  gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv); for a merged gate/up
+              weight also with SiLU * up in its epilogue (gate_up_swiglu)
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
 W8A8 outside gemv quantizes activations with one fused per-token kernel (triton_act_quant) first.
@@ -134,6 +135,30 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
         x_q, x_s = quantize_activation(x2, act_dtype, pre_scale)
         out = _w8a8_gemm(x_q, x_s, w_q, w_scale, cfg, bias, x.dtype)
     return out.reshape(*lead, n)
+
+
+def fuses_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
+                 act_dtype: str | None, bias: torch.Tensor | None = None, config: dict | None = None) -> bool:
+    """Whether gate_up_swiglu computes silu(gate) * up of this merged gate/up linear in one launch: one bf16
+    token, a weight-only weight whose tuned backend at M=1 is the one-token Gluon GEMV, no bias."""
+    if not (gluon_gemv is not None and act_dtype is None and bias is None and x.dtype == torch.bfloat16
+            and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None) and w_q.shape[0] % 2 == 0):
+        return False
+    n, k = w_q.shape
+    gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
+    return _config(configs.kind(w_q.dtype, None, gs), n, k, 1, x.device, config)["backend"] == "gemv_gl"
+
+
+def gate_up_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
+                   config: dict | None = None) -> torch.Tensor:
+    """silu(x @ gate.T) * (x @ up.T) for a merged gate/up weight (gate rows first), one token, where fuses_swiglu:
+    the GEMV's programs multiply their gate and up rows in the epilogue, so the (1, 2I) GEMM output and the
+    silu_mul launch are skipped. Returns x's shape with I features."""
+    n, k = w_q.shape
+    gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
+    cfg = _config(configs.kind(w_q.dtype, None, gs), n, k, 1, x.device, config)
+    out = gluon_gemv.gemv_swiglu(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs)
+    return out.reshape(*x.shape[:-1], n // 2)
 
 
 def _config(kind_: str, n: int, k: int, m: int, device: torch.device, config: dict | None) -> dict:

@@ -48,19 +48,11 @@ def _to_f32(w):
 
 
 @gluon.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_wsn, stride_wsg,
-                 K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr,
-                 BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, PDL: gl.constexpr,
-                 num_warps: gl.constexpr):
-    if PDL:
-        _gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
-    tpw_k: gl.constexpr = min(32, BLOCK_K // 16)
-    layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // tpw_k, tpw_k],
-                                            warps_per_cta=[num_warps, 1], order=[1, 0])
-    off_n = gl.program_id(0) * BLOCK_N
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
-    offs_n_ld = offs_n % N
-    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
+def _row_sums(x_ptr, w_ptr, ws_ptr, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg, K: gl.constexpr,
+              GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr,
+              WAIT: gl.constexpr, layout: gl.constexpr):
+    """sum_k x[k] * dequant(w)[n, k] for the rows offs_n_ld, scales applied: float32, one value per row. WAIT: wait
+    for the kernel that writes x (PDL) after the first weight tiles are requested (weights are constant)."""
     w_ptrs = w_ptr + offs_n_ld[:, None].to(gl.int64) * stride_wn + offs_k[None, :]
     K_TILES: gl.constexpr = K // BLOCK_K
     # K is a constexpr and the loop unrolled, so the weight tiles in flight stay in the registers they were loaded
@@ -68,9 +60,9 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_w
     w_cur = gl.load(w_ptrs)
     if PREFETCH >= 2 and K_TILES > 1:
         w_nxt = gl.load(w_ptrs + BLOCK_K)
-    if PDL:
+    if WAIT:
         _gdc_wait()  # x is the previous kernel's output
-    acc = gl.zeros((BLOCK_N, BLOCK_K), dtype=gl.float32, layout=layout)
+    acc = gl.zeros((offs_n_ld.shape[0], BLOCK_K), dtype=gl.float32, layout=layout)
     for i in gl.static_range(K_TILES):
         x = gl.load(x_ptr + i * BLOCK_K + offs_k).to(gl.float32)
         if PREFETCH >= 2:
@@ -90,25 +82,91 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_w
     out = gl.sum(acc, axis=1)
     if not GROUPED:
         out = out * gl.load(ws_ptr + offs_n_ld * stride_wsn)
+    return out
+
+
+@triton.constexpr_function
+def _gemv_layout(BLOCK_K, num_warps):
+    """16 consecutive bytes of K per thread, a warp across up to 512 bytes of a row, warps stacked over rows."""
+    tpw_k = min(32, BLOCK_K // 16)
+    return gl.BlockedLayout(size_per_thread=[1, 16], threads_per_warp=[32 // tpw_k, tpw_k],
+                            warps_per_cta=[num_warps, 1], order=[1, 0])
+
+
+@gluon.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, N, stride_wn, stride_wsn, stride_wsg,
+                 K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr,
+                 BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, PDL: gl.constexpr,
+                 num_warps: gl.constexpr):
+    if PDL:
+        _gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
+    layout: gl.constexpr = _gemv_layout(BLOCK_K, num_warps)
+    offs_n = gl.program_id(0) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+    offs_n_ld = offs_n % N
+    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
+    out = _row_sums(x_ptr, w_ptr, ws_ptr, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg, K, GROUP_SIZE,
+                    GROUPED, BLOCK_K, PREFETCH, PDL, layout)
     if HAS_BIAS:
         out += gl.load(bias_ptr + offs_n_ld).to(gl.float32)
     gl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
-         bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (1, K) bf16, w_q (N, K) int8 / fp8 contiguous, K % 16 == 0; cfg: BLOCK_N, BLOCK_K, num_warps, PREFETCH
-    (BLOCK_K shrinks to tile K whole as configs.fit_block_k has it, BLOCK_N grows to what one warp covers, warps
-    shrink to what BLOCK_N fills). Returns (1, N) in x's dtype."""
-    n, k = w_q.shape
+@gluon.jit
+def _gemv_swiglu_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, N, stride_wn, stride_wsn, stride_wsg,
+                        K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, BLOCK_N: gl.constexpr,
+                        BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+    """silu(x @ gate.T) * (x @ up.T) for a merged gate/up weight (2N, K): each program computes BLOCK_N rows of
+    gate, then the matching rows of up, and stores only their product, rounded as the two GEMV outputs in bf16
+    and elementwise.silu_mul would round them (one launch and one pass over the gate/up output fewer)."""
+    if PDL:
+        _gdc_launch_dependents()
+    layout: gl.constexpr = _gemv_layout(BLOCK_K, num_warps)
+    offs_n = gl.program_id(0) * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+    offs_n_ld = offs_n % N
+    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
+    dt: gl.constexpr = out_ptr.dtype.element_ty
+    gate = _row_sums(x_ptr, w_ptr, ws_ptr, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg, K, GROUP_SIZE,
+                     GROUPED, BLOCK_K, PREFETCH, PDL, layout).to(dt).to(gl.float32)
+    up = _row_sums(x_ptr, w_ptr, ws_ptr, offs_n_ld + N, offs_k, stride_wn, stride_wsn, stride_wsg, K, GROUP_SIZE,
+                   GROUPED, BLOCK_K, PREFETCH, False, layout).to(dt).to(gl.float32)
+    act = (gate * (1 / (1 + gl.exp(-gate)))).to(dt).to(gl.float32)  # as tl.sigmoid: 1 / (1 + exp(-x))
+    gl.store(out_ptr + offs_n, (act * up).to(dt), mask=offs_n < N)
+
+
+def _launch_shape(n: int, k: int, w_scale: torch.Tensor, cfg: dict, group_size: int | None):
+    """(grouped, stride_wsn, stride_wsg, BLOCK_N, BLOCK_K, warps): BLOCK_K shrinks to tile K whole as
+    configs.fit_block_k has it, BLOCK_N grows to what one warp covers, warps shrink to what BLOCK_N fills."""
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
     bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=True)
     rows_per_warp = 32 // min(32, bk // 16)
     bn = max(cfg["BLOCK_N"], rows_per_warp)
-    warps = max(1, min(cfg["num_warps"], bn // rows_per_warp))
+    return grouped, stride_wsn, stride_wsg, bn, bk, max(1, min(cfg["num_warps"], bn // rows_per_warp))
+
+
+def gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
+         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (1, K) bf16, w_q (N, K) int8 / fp8 contiguous, K % 16 == 0; cfg: BLOCK_N, BLOCK_K, num_warps, PREFETCH.
+    Returns (1, N) in x's dtype."""
+    n, k = w_q.shape
+    grouped, stride_wsn, stride_wsg, bn, bk, warps = _launch_shape(n, k, w_scale, cfg, group_size)
     out = torch.empty((1, n), device=x.device, dtype=x.dtype)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, w_q, out, w_scale, bias if bias is not None else w_scale, n, w_q.stride(0), stride_wsn, stride_wsg,
         K=k, GROUP_SIZE=group_size if grouped else k, GROUPED=grouped, HAS_BIAS=bias is not None, BLOCK_N=bn,
         BLOCK_K=bk, PREFETCH=cfg.get("PREFETCH", 1), num_warps=warps, **pdl.launch(x.device))
+    return out
+
+
+def gemv_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
+                group_size: int | None = None) -> torch.Tensor:
+    """silu(gate) * up of a merged gate/up weight w_q (2I, K) (gate rows first, as the engine merges them) for one
+    token: (1, I) in x's dtype, equal bit for bit to gemv then elementwise.silu_mul on its two halves."""
+    n2, k = w_q.shape
+    n = n2 // 2
+    grouped, stride_wsn, stride_wsg, bn, bk, warps = _launch_shape(n2, k, w_scale, cfg, group_size)
+    out = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    _gemv_swiglu_kernel[(triton.cdiv(n, bn),)](
+        x, w_q, out, w_scale, n, w_q.stride(0), stride_wsn, stride_wsg, K=k,
+        GROUP_SIZE=group_size if grouped else k, GROUPED=grouped, BLOCK_N=bn, BLOCK_K=bk,
+        PREFETCH=cfg.get("PREFETCH", 1), num_warps=warps, **pdl.launch(x.device))
     return out
