@@ -261,14 +261,7 @@ def test_w8a8_engine_quantizes_activations_in_the_norms(tiny_model_dir, act, mon
             monkeypatch.setattr(ModelRunner, "_quant_in", lambda self, lin, t: None)
         llm = LLM(m, block_size=16, max_num_seqs=8, max_model_len=512, max_num_batched_tokens=1024,
                   num_kvcache_blocks=200)
-        steps = []
-        dec = llm.runner.decode
-
-        def recording(seqs, input_ids=None, dec=dec, rec=steps):  # logits only: run-ahead steps too
-            logits = dec(seqs, input_ids)
-            rec.append(logits.float().clone())
-            return logits
-        llm.runner.decode = recording
+        steps = _record_decode_logits(llm)
         lp = llm.score(prompts, [1] * len(prompts))
         out = llm.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))
         runs[fuse] = (lp, out, steps)
@@ -304,13 +297,7 @@ def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, d
             monkeypatch.setattr(model_runner, "FUSE_SWIGLU", fuse)
             llm = LLM(m, block_size=16, max_num_seqs=4, max_model_len=256, max_num_batched_tokens=256,
                       num_kvcache_blocks=40)
-            steps, dec = [], llm.runner.decode
-
-            def recording(seqs, input_ids=None, dec=dec, rec=steps):
-                logits = dec(seqs, input_ids)
-                rec.append(logits.float().clone())
-                return logits
-            llm.runner.decode = recording
+            steps = _record_decode_logits(llm)
             out = llm.generate([prompt], SamplingParams(max_tokens=8, ignore_eos=True))
             runs[fuse] = (out, steps, len(fused_calls))
             del llm
@@ -318,3 +305,15 @@ def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, d
     assert n_f >= c.num_hidden_layers and n_u == n_f  # used with the switch on (warm-up and capture), not off
     assert out_f == out_u
     assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))
+
+
+def _record_decode_logits(llm) -> list[torch.Tensor]:
+    """The list that every decode step's logits (run-ahead steps too) are appended to from now on."""
+    steps, dec = [], llm.runner.decode
+
+    def recording(seqs, input_ids=None):
+        logits = dec(seqs, input_ids)
+        steps.append(logits.float().clone())
+        return logits
+    llm.runner.decode = recording
+    return steps

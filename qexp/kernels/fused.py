@@ -141,12 +141,9 @@ def fuses_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, grou
                  act_dtype: str | None, bias: torch.Tensor | None = None, config: dict | None = None) -> bool:
     """Whether gate_up_swiglu computes silu(gate) * up of this merged gate/up linear in one launch: one bf16
     token, a weight-only weight whose tuned backend at M=1 is the one-token Gluon GEMV, no bias."""
-    if not (gluon_gemv is not None and act_dtype is None and bias is None and x.dtype == torch.bfloat16
-            and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None) and w_q.shape[0] % 2 == 0):
-        return False
-    n, k = w_q.shape
-    gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
-    return _config(configs.kind(w_q.dtype, None, gs), n, k, 1, x.device, config)["backend"] == "gemv_gl"
+    return (gluon_gemv is not None and act_dtype is None and bias is None and x.dtype == torch.bfloat16
+            and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None) and w_q.shape[0] % 2 == 0
+            and _one_token_config(w_q, w_scale, group_size, x.device, config)[0]["backend"] == "gemv_gl")
 
 
 def gate_up_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
@@ -155,10 +152,17 @@ def gate_up_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *,
     the GEMV's programs multiply their gate and up rows in the epilogue, so the (1, 2I) GEMM output and the
     silu_mul launch are skipped. Returns x's shape with I features."""
     n, k = w_q.shape
-    gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
-    cfg = _config(configs.kind(w_q.dtype, None, gs), n, k, 1, x.device, config)
+    cfg, gs = _one_token_config(w_q, w_scale, group_size, x.device, config)
     out = gluon_gemv.gemv_swiglu(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs)
     return out.reshape(*x.shape[:-1], n // 2)
+
+
+def _one_token_config(w_q, w_scale, group_size, device, config) -> tuple[dict, int | None]:
+    """(config, group size as the kernels take it: None when the scales are not group-wise) of a weight-only
+    linear at M=1."""
+    n, k = w_q.shape
+    gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
+    return _config(configs.kind(w_q.dtype, None, gs), n, k, 1, device, config), gs
 
 
 def _config(kind_: str, n: int, k: int, m: int, device: torch.device, config: dict | None) -> dict:
