@@ -178,6 +178,9 @@ def main() -> None:
                          '"num_stages": 3}\' (default: paged_attention.DECODE_CONFIG)')
     ap.add_argument("--attention-merge", default="kernel", choices=["kernel", "launch"],
                     help="split-KV decode partials merged by the last split program or by a second launch")
+    ap.add_argument("--norm", default=None, choices=["apart", "fused"],
+                    help="batch-1 RMSNorms: kernels of their own, or inside the one-token GEMVs after them "
+                         "(model_runner.FUSE_NORM; default: as the engine has it)")
     ap.add_argument("--swiglu", default="apart", choices=["apart", "fused"],
                     help="batch-1 SiLU * up: a launch of its own, or the gate/up GEMV's epilogue "
                          "(model_runner.FUSE_SWIGLU)")
@@ -190,6 +193,8 @@ def main() -> None:
     pa.MERGE_IN_KERNEL = args.attention_merge == "kernel"
     from qexp.engine import model_runner
     model_runner.FUSE_SWIGLU = args.swiglu == "fused"
+    if args.norm:
+        model_runner.FUSE_NORM = args.norm == "fused"
 
     import torchao
     import transformers
@@ -200,6 +205,7 @@ def main() -> None:
               "transformers": transformers.__version__, "torchao": torchao.__version__,
               "python": platform.python_version(), "config": vars(args), "engine": {}, "hf_eager": None,
               "pdl": pdl.enabled(torch.device("cuda")),  # programmatic dependent launch (QEXP_PDL=0: off)
+              "fuse_norm": model_runner.FUSE_NORM, "fuse_swiglu": model_runner.FUSE_SWIGLU,
               "tables": configs.tables_in_use(0)}  # the tuned kernel tables the quantized linears chose from
     args.sections = args.sections.split(",")
     args.batched_tokens = [int(x) for x in args.batched_tokens.split(",")]

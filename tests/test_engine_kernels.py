@@ -307,6 +307,54 @@ def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, d
     assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))
 
 
+@pytest.mark.parametrize("dtype,swiglu", [("int8", False), ("fp8", False), ("int8", True)])
+def test_engine_folds_the_norms_and_residual_adds_into_the_one_token_gemvs(tiny_model_dir, dtype, swiglu,
+                                                                           monkeypatch):
+    """model_runner.FUSE_NORM: at batch 1 every layer's norms run inside the q/k/v and gate/up GEMVs (their table
+    cells set to the Gluon GEMV here) and the residual adds in o_proj's and down_proj's epilogues; the decode
+    logits stay close to those of the separate norm kernels (the fused path skips two bf16 roundings), token for
+    token, also with SiLU * up in the gate/up GEMV."""
+    from qexp.config import RunConfig
+    from qexp.engine import LLM, SamplingParams, model_runner
+    from qexp.kernels import configs, fused
+    from qexp.models.loader import load_model
+    from qexp.quant.apply import quantize_model
+    m = load_model(str(tiny_model_dir), "dummy", DEV, 0)
+    quantize_model(m, RunConfig(dtype=dtype, quant="row", mode="real").validate())
+    c = m.config
+    kind = configs.kind(torch.int8 if dtype == "int8" else torch.float8_e4m3fn, None, None)
+    qkv_n = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+    cells = {configs.key(kind, n, c.hidden_size, 1): configs.gemv_gl_config(8, 512)
+             for n in (qkv_n, 2 * c.intermediate_size)}
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in (37, 5)]
+    calls, norm_linear = [], fused.norm_linear
+    monkeypatch.setattr(fused, "norm_linear", lambda *a, **k: calls.append(1) or norm_linear(*a, **k))
+    monkeypatch.setattr(model_runner, "FUSE_SWIGLU", swiglu)
+    runs = {}
+    with configs.override(cells):
+        for fuse in (True, False):
+            monkeypatch.setattr(model_runner, "FUSE_NORM", fuse)
+            llm = LLM(m, block_size=16, max_num_seqs=4, max_model_len=256, max_num_batched_tokens=256,
+                      num_kvcache_blocks=40, run_ahead=False)
+            steps = _record_decode_logits(llm)
+            outs = [llm.generate([p], SamplingParams(max_tokens=8, ignore_eos=True))[0] for p in prompts]
+            runs[fuse] = (outs, steps, len(calls))
+            del llm
+    (out_f, st_f, n_f), (out_u, st_u, n_u) = runs[True], runs[False]
+    per_forward = c.num_hidden_layers * (1 if swiglu else 2)
+    assert n_f >= 2 * per_forward and n_u == n_f  # warm-up and capture with the switch on; none with it off
+    assert len(st_f) == len(st_u) == 2 * 7
+    compared = 0
+    for seq_f, seq_u, first in zip(out_f, out_u, (0, 7)):
+        for j in range(7):  # step j fed token j of both runs: compare while the tokens agree
+            if seq_f[:j + 1] != seq_u[:j + 1]:
+                break
+            assert _rel(st_f[first + j], st_u[first + j]) < 2e-2
+            compared += 1
+    assert compared >= 4
+
+
 def _record_decode_logits(llm) -> list[torch.Tensor]:
     """The list that every decode step's logits (run-ahead steps too) are appended to from now on."""
     steps, dec = [], llm.runner.decode

@@ -511,6 +511,36 @@ def test_gate_up_swiglu_equals_the_gemv_then_silu_mul(cfg, dtype, gran, gs):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", GEMV_GL[:4], ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("k,dtype,gran,gs", [(k, *r) for k in (2048, 1040) for r in RECIPES
+                                             if r[2] is None or k % r[2] == 0])
+def test_norm_linear_matches_the_float32_norm_then_linear(cfg, k, dtype, gran, gs):
+    """The RMSNorm folded into the one-token GEMV: against the norm and the dequantized linear in float32 (the
+    fused kernel keeps the normalised x in float32), with a bias; close to the separate bf16 norm kernel then the
+    GEMV. The gate/up SiLU * up GEMV with the norm folded in equals norm_linear's halves through silu_mul."""
+    from qexp.engine.kernels import silu_mul
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(k + (gs or 5))
+    n, eps = 1040, 1e-6
+    q, s = _quantized(n, k, dtype, gran, gs, gen)
+    x = 3 * torch.randn(1, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    nw = (1 + torch.rand(k, device="cuda", generator=gen)).to(torch.bfloat16)
+    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
+    assert fused.on_one_token_gemv(x, q, s, gs, None, config=cfg)
+    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
+    out = fused.norm_linear(x, nw, eps, q, s, group_size=gs, bias=bias, config=cfg)
+    xf = x.float()
+    xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * nw.float()
+    ref = xn @ reference.dequantize_weight(q, s, gs, torch.float32).T + bias.float()
+    assert out.shape == (1, n) and _rel(out, ref) < 5e-3
+    xb = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(torch.bfloat16) * nw  # as HF's Qwen3RMSNorm
+    assert _rel(out, fused.quantized_linear(xb, q, s, group_size=gs, bias=bias, config=cfg)) < TOL
+    act = fused.gate_up_swiglu(x, q, s, group_size=gs, norm_weight=nw, eps=eps, config=cfg)
+    both = fused.norm_linear(x, nw, eps, q, s, group_size=gs, config=cfg)
+    assert torch.equal(act, silu_mul(both[:, :n // 2], both[:, n // 2:]))
+
+
+@pytest.mark.gpu
 def test_gate_up_swiglu_is_offered_only_for_one_weight_only_token_on_the_gluon_gemv():
     from qexp.kernels import fused
     gen = torch.Generator(device="cuda").manual_seed(3)

@@ -34,8 +34,12 @@ from qexp.quant.real import QuantizedWeight
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
 # SiLU * up in the epilogue of the one-token gate/up GEMV (fused.gate_up_swiglu), saving a launch a layer at
-# batch 1. Off until it has run on a GPU: compiled for sm_90a only (bench_engine --swiglu fused for the A/B)
+# batch 1. Off: no faster on the H100 (BENCHMARKS.md, 2026-12-06; bench_engine --swiglu fused for the A/B)
 FUSE_SWIGLU = False
+# Batch 1, weight-only q/k/v and gate/up on the one-token GEMV: each RMSNorm runs inside the GEMV after it
+# (fused.norm_linear) and each residual add in the epilogue of o_proj / down_proj (the residual as their bias),
+# so no norm launch runs between the layers' GEMMs (bench_engine --norm apart for the A/B)
+FUSE_NORM = False
 FREE_MARGIN_BYTES = 1 << 30  # left free on the card for the CUDA context, cuBLAS workspaces and graphs
 
 
@@ -162,6 +166,9 @@ class ModelRunner:
         residual = None
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
+            if self._norm_in_gemv(i, h, residual):
+                h = self._one_token_layer(i, h, cos, sin, meta)
+                continue
             if self.use_triton:
                 x, residual = self.kernels.rms_norm(h, layer.input_layernorm, residual,
                                                     self._quant_in(self.qkv[i], T))
@@ -206,6 +213,48 @@ class ModelRunner:
         if self.use_triton:
             return self.kernels.rms_norm(h, self.model.model.norm, residual)[0]
         return self.model.model.norm(h)
+
+    def _one_token_layer(self, i: int, h: torch.Tensor, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
+        """Decoder layer i for one token with the norms inside the GEMVs after them (FUSE_NORM, _norm_in_gemv): h is
+        the whole residual stream in and out; o_proj and down_proj add it in their epilogue (as a bias)."""
+        layer, (H, KV, D) = self.layers[i], (self.num_heads, self.num_kv_heads, self.head_dim)
+        attn, mlp = layer.self_attn, layer.mlp
+        q, k, v = self._norm_linear(h, layer.input_layernorm, self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
+        q, k, v = q.view(1, H, D), k.view(1, KV, D), v.view(1, KV, D)
+        q, _ = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin, v, self.k_cache[i],
+                                         self.v_cache[i], meta.slot_mapping)
+        o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
+        h = self._linear(o.view(1, H * D), attn.o_proj.weight, h.view(-1))
+        ln, down = layer.post_attention_layernorm, (mlp.down_proj.weight, None)
+        if self._swiglu_in_gemv(self.gate_up[i], h):
+            w = self.gate_up[i][0]
+            act = self.fused.gate_up_swiglu(h, w.qdata, w.scale, group_size=w.group_size, norm_weight=ln.weight,
+                                            eps=ln.variance_epsilon)
+        else:
+            gate, up = self._norm_linear(h, ln, self.gate_up[i]).chunk(2, dim=-1)
+            act = self.kernels.silu_mul(gate, up, self._quant_in(down, 1))
+        return self._linear(act, down[0], h.view(-1))
+
+    def _norm_in_gemv(self, i: int, h: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        """Whether layer i runs as _one_token_layer: FUSE_NORM, one token whose residual stream is whole (the
+        previous layer added its residual), merged weight-only q/k/v and gate/up on the one-token GEMV, and no
+        bias on o_proj / down_proj (the residual takes the bias's place)."""
+        if not (FUSE_NORM and self.use_triton and residual is None and h.shape[0] == 1
+                and self.qkv[i] is not None and self.gate_up[i] is not None):
+            return False
+        layer = self.layers[i]
+        if layer.self_attn.o_proj.bias is not None or layer.mlp.down_proj.bias is not None:
+            return False
+        for w, bias in (self.qkv[i], self.gate_up[i]):
+            if not (type(w) is QuantizedWeight and w.pre_scale is None and bias is None
+                    and self.fused.on_one_token_gemv(h, w.qdata, w.scale, w.group_size, w.act_dtype)):
+                return False
+        return True
+
+    def _norm_linear(self, h: torch.Tensor, norm, linear: tuple[torch.Tensor, None]) -> torch.Tensor:
+        w = linear[0]
+        return self.fused.norm_linear(h, norm.weight, norm.variance_epsilon, w.qdata, w.scale,
+                                      group_size=w.group_size)
 
     def _gate_up(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mlp = self.layers[i].mlp

@@ -6,8 +6,9 @@
   gluon_w8a8  W8A8 for M >= 64, one wgmma kept in flight also for int8 (gluon_w8a8, sm_90+)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
-  gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv); for a merged gate/up
-              weight also with SiLU * up in its epilogue (gate_up_swiglu)
+  gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv); also with the RMSNorm
+              before it folded in (norm_linear), and for a merged gate/up weight with SiLU * up in its
+              epilogue (gate_up_swiglu)
   scaled_mm   cuBLASLt fp8 with row-wise scales (torch._scaled_mm), W8A8 fp8; _fast = fast accumulation
   dequant_mm  W8A16 at large M: one-pass dequantize to a transient bf16 weight, then cuBLAS
 W8A8 outside gemv quantizes activations with one fused per-token kernel (triton_act_quant) first.
@@ -137,24 +138,47 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
     return out.reshape(*lead, n)
 
 
-def fuses_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
-                 act_dtype: str | None, bias: torch.Tensor | None = None, config: dict | None = None) -> bool:
-    """Whether gate_up_swiglu computes silu(gate) * up of this merged gate/up linear in one launch: one bf16
-    token, a weight-only weight whose tuned backend at M=1 is the one-token Gluon GEMV, no bias."""
-    return (gluon_gemv is not None and act_dtype is None and bias is None and x.dtype == torch.bfloat16
-            and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None) and w_q.shape[0] % 2 == 0
+def on_one_token_gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
+                      act_dtype: str | None, config: dict | None = None) -> bool:
+    """Whether this linear runs on the one-token Gluon GEMV (one bf16 token, a weight-only weight whose tuned
+    backend at M=1 is gemv_gl), so that its fused forms (norm_linear, gate_up_swiglu) apply."""
+    return (gluon_gemv is not None and act_dtype is None and x.dtype == torch.bfloat16
+            and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None)
             and _one_token_config(w_q, w_scale, group_size, x.device, config)[0]["backend"] == "gemv_gl")
 
 
+def fuses_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
+                 act_dtype: str | None, bias: torch.Tensor | None = None, config: dict | None = None) -> bool:
+    """Whether gate_up_swiglu computes silu(gate) * up of this merged gate/up linear in one launch (no bias)."""
+    return (bias is None and w_q.shape[0] % 2 == 0
+            and on_one_token_gemv(x, w_q, w_scale, group_size, act_dtype, config))
+
+
 def gate_up_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
+                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                    config: dict | None = None) -> torch.Tensor:
     """silu(x @ gate.T) * (x @ up.T) for a merged gate/up weight (gate rows first), one token, where fuses_swiglu:
     the GEMV's programs multiply their gate and up rows in the epilogue, so the (1, 2I) GEMM output and the
-    silu_mul launch are skipped. Returns x's shape with I features."""
+    silu_mul launch are skipped. norm_weight: x is RMS-normalised first, as in norm_linear. Returns x's shape with
+    I features."""
     n, k = w_q.shape
     cfg, gs = _one_token_config(w_q, w_scale, group_size, x.device, config)
-    out = gluon_gemv.gemv_swiglu(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs)
+    out = gluon_gemv.gemv_swiglu(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs, norm_weight=norm_weight,
+                                 eps=eps)
     return out.reshape(*x.shape[:-1], n // 2)
+
+
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w_q: torch.Tensor, w_scale: torch.Tensor,
+                *, group_size: int | None = None, bias: torch.Tensor | None = None,
+                config: dict | None = None) -> torch.Tensor:
+    """linear(rms_norm(x) * norm_weight) for one token, where on_one_token_gemv: the GEMV normalises x as it reads
+    it (its programs each sum x^2 over K), so no norm launch runs first. The normalised x is kept in float32, not
+    rounded to bf16 as a separate norm's output would be."""
+    n, k = w_q.shape
+    cfg, gs = _one_token_config(w_q, w_scale, group_size, x.device, config)
+    out = gluon_gemv.gemv(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs, bias=bias, norm_weight=norm_weight,
+                          eps=eps)
+    return out.reshape(*x.shape[:-1], n)
 
 
 def _one_token_config(w_q, w_scale, group_size, device, config) -> tuple[dict, int | None]:
