@@ -140,11 +140,13 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
 
 def on_one_token_gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
                       act_dtype: str | None, config: dict | None = None) -> bool:
-    """Whether this linear runs on the one-token Gluon GEMV (one bf16 token, a weight-only weight whose tuned
-    backend at M=1 is gemv_gl), so that its fused forms (norm_linear, gate_up_swiglu) apply."""
+    """Whether the fused forms of the one-token Gluon GEMV (norm_linear, swiglu_linear, gate_up_swiglu) compute
+    this linear: one bf16 token, a weight-only weight, and no explicit config of another backend. Where the tuned
+    table prefers another backend at M=1 (7 of the H100's 60 weight-only cells, within 10 % of the GEMV), they take
+    ONE_TOKEN_FALLBACK: the launch a fusion saves is worth more."""
     return (gluon_gemv is not None and act_dtype is None and x.dtype == torch.bfloat16
             and x.numel() == x.shape[-1] and supports(x, w_q, w_scale, group_size, None)
-            and _one_token_config(w_q, w_scale, group_size, x.device, config)[0]["backend"] == "gemv_gl")
+            and (config is None or config["backend"] == "gemv_gl"))
 
 
 def fuses_swiglu(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
@@ -181,12 +183,29 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w_q: tor
     return out.reshape(*x.shape[:-1], n)
 
 
+def swiglu_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
+                  bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """linear(silu(gate) * up) for one token's merged gate/up output [gate | up] (1, 2K), where on_one_token_gemv
+    for K wide input: the GEMV applies SiLU * up as it reads its input, bit for bit as elementwise.silu_mul would,
+    so no silu_mul launch runs first. Returns (1, N)."""
+    n, k = w_q.shape
+    cfg, gs = _one_token_config(w_q, w_scale, group_size, gate_up.device, config)
+    return gluon_gemv.gemv(gate_up.reshape(1, 2 * k).contiguous(), w_q, w_scale, cfg, group_size=gs, bias=bias,
+                           swiglu_in=True)
+
+
+# The one-token GEMV's config where the table's M=1 cell is another backend: the H100's tuned gemv_gl for the
+# K2048 N12288 fp8 row-wise gate/up (the int8 cell went to skinny by 0.5 us)
+ONE_TOKEN_FALLBACK = configs.gemv_gl_config(8, 1024)
+
+
 def _one_token_config(w_q, w_scale, group_size, device, config) -> tuple[dict, int | None]:
     """(config, group size as the kernels take it: None when the scales are not group-wise) of a weight-only
-    linear at M=1."""
+    linear at M=1 on the one-token GEMV."""
     n, k = w_q.shape
     gs = group_size if w_scale.dim() == 2 and group_size is not None and group_size < k else None
-    return _config(configs.kind(w_q.dtype, None, gs), n, k, 1, device, config), gs
+    cfg = _config(configs.kind(w_q.dtype, None, gs), n, k, 1, device, config)
+    return (cfg if cfg["backend"] == "gemv_gl" else ONE_TOKEN_FALLBACK), gs
 
 
 def _config(kind_: str, n: int, k: int, m: int, device: torch.device, config: dict | None) -> dict:
