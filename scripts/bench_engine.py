@@ -181,9 +181,9 @@ def main() -> None:
     ap.add_argument("--norm", default=None, choices=["apart", "fused"],
                     help="batch-1 RMSNorms: kernels of their own, or inside the one-token GEMVs after them "
                          "(model_runner.FUSE_NORM; default: as the engine has it)")
-    ap.add_argument("--swiglu", default=None, choices=["apart", "gate_up", "down"],
-                    help="batch-1 SiLU * up: a launch of its own, the gate/up GEMV's epilogue, or down_proj's GEMV "
-                         "reading its input (model_runner.SWIGLU; default: as the engine has it)")
+    ap.add_argument("--swiglu", default=None, choices=["apart", "fused"],
+                    help="batch-1 SiLU * up: a launch of its own, or the gate/up GEMV's epilogue "
+                         "(model_runner.FUSE_SWIGLU; default: as the engine has it)")
     ap.add_argument("--out", default="benchmarks/engine.json")
     args = ap.parse_args()
     import importlib  # the module itself: qexp.engine.kernels exports a function of the same name
@@ -193,7 +193,7 @@ def main() -> None:
     pa.MERGE_IN_KERNEL = args.attention_merge == "kernel"
     from qexp.engine import model_runner
     if args.swiglu:
-        model_runner.SWIGLU = args.swiglu
+        model_runner.FUSE_SWIGLU = args.swiglu == "fused"
     if args.norm:
         model_runner.FUSE_NORM = args.norm == "fused"
 
@@ -206,7 +206,7 @@ def main() -> None:
               "transformers": transformers.__version__, "torchao": torchao.__version__,
               "python": platform.python_version(), "config": vars(args), "engine": {}, "hf_eager": None,
               "pdl": pdl.enabled(torch.device("cuda")),  # programmatic dependent launch (QEXP_PDL=0: off)
-              "fuse_norm": model_runner.FUSE_NORM, "swiglu": model_runner.SWIGLU,
+              "fuse_norm": model_runner.FUSE_NORM, "fuse_swiglu": model_runner.FUSE_SWIGLU,
               "tables": configs.tables_in_use(0)}  # the tuned kernel tables the quantized linears chose from
     args.sections = args.sections.split(",")
     args.batched_tokens = [int(x) for x in args.batched_tokens.split(",")]

@@ -7,6 +7,8 @@ GPU time of one graph-replayed step at a context of ~504 tokens (300 replays bet
 --ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
 the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
 is what that part costs in wall time (timing only: the outputs are garbage).
+--fusions: the measurement again with each batch-1 fusion of the quantized engines switched off
+(model_runner.FUSE_NORM, FUSE_SWIGLU, and both), graphs recaptured, keys "<recipe> <switch> off".
 --splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
 overridden at batch 1, graphs recaptured), keys "<recipe> splits<n>".
 """
@@ -22,7 +24,7 @@ import warnings
 import torch
 from bench_engine import quantize_recipe  # scripts/, beside this file
 
-from qexp.engine import LLM, SamplingParams
+from qexp.engine import LLM, SamplingParams, model_runner
 from qexp.engine import kernels as K
 from qexp.models.loader import load_model
 
@@ -65,6 +67,9 @@ NO_OPS = {  # part -> kernels replaced by no-ops
 }
 
 
+FUSIONS = {"norm": ["FUSE_NORM"], "swiglu": ["FUSE_SWIGLU"], "norm+swiglu": ["FUSE_NORM", "FUSE_SWIGLU"]}
+
+
 def measure(llm: LLM, model, ablate: bool) -> dict:
     llm.generate([[5]], SamplingParams(max_tokens=8, ignore_eos=True))
     res = {"generate_tok_s": []}
@@ -92,6 +97,7 @@ def main() -> None:
     ap.add_argument("--model", default="configs/models/qwen3-1.7b")
     ap.add_argument("--recipes", default="bf16,int8-row")
     ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--fusions", action="store_true", help="also time each batch-1 fusion switched off")
     ap.add_argument("--splits", default=None, help="comma list of batch-1 split-KV counts to time")
     ap.add_argument("--out", default="benchmarks/bs1_breakdown.json")
     args = ap.parse_args()
@@ -103,6 +109,16 @@ def main() -> None:
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
         result[recipe] = measure(llm, model, args.ablate)
         print(recipe, json.dumps(result[recipe]), flush=True)
+        for name, switches in FUSIONS.items() if args.fusions else []:
+            saved = {s: getattr(model_runner, s) for s in switches}
+            for s in switches:
+                setattr(model_runner, s, False)
+            llm.runner.graphs.clear()
+            llm.runner.graph_pool = None
+            result[f"{recipe} {name} off"] = measure(llm, model, False)
+            print(recipe, name, "off", json.dumps(result[f"{recipe} {name} off"]), flush=True)
+            for s, v in saved.items():
+                setattr(model_runner, s, v)
         attention = importlib.import_module("qexp.engine.kernels.paged_attention")
         default_splits = attention.decode_splits
         for n in [int(v) for v in args.splits.split(",")] if args.splits else []:

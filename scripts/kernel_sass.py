@@ -35,7 +35,7 @@ KERNELS = {"rs": ("qexp.kernels.gluon_w8a16_rs", "_rs_kernel", r"HGMMA.*gsb0"),
            "gemv": ("qexp.kernels.gluon_gemv", "_gemv_kernel", r"EXIT"),
            "gemv_swiglu": ("qexp.kernels.gluon_gemv", "_gemv_swiglu_kernel", r"EXIT")}
 # the one-token GEMVs take K as a constexpr: Qwen3-1.7B's hidden size unless --cfg says otherwise
-GEMV_DEFAULTS = dict(K=2048, BLOCK_N=16, BLOCK_K=512, PREFETCH=1, NORM=False, SWIGLU_IN=False)
+GEMV_DEFAULTS = dict(K=2048, BLOCK_N=16, BLOCK_K=512, PREFETCH=1, NORM=False)
 DEFAULTS = dict(GROUPED=False, GROUP_SIZE=1, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128,
                 STAGES=4, PDL=True, num_warps=4, SUB_K=64, EARLY_TRIGGER=False)
 _OP = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")

@@ -276,7 +276,7 @@ def test_w8a8_engine_quantizes_activations_in_the_norms(tiny_model_dir, act, mon
 
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
 def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, dtype, monkeypatch):
-    """model_runner.SWIGLU "gate_up": at batch 1 the merged weight-only gate/up runs fused.gate_up_swiglu (its table cell
+    """model_runner.FUSE_SWIGLU: at batch 1 the merged weight-only gate/up runs fused.gate_up_swiglu (its table cell
     set to the Gluon GEMV here) and the graph-replayed decode logits equal those of the GEMV then silu_mul."""
     from qexp.config import RunConfig
     from qexp.engine import LLM, SamplingParams, model_runner
@@ -294,7 +294,7 @@ def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, d
     runs = {}
     with configs.override(cell):
         for fuse in (True, False):
-            monkeypatch.setattr(model_runner, "SWIGLU", "gate_up" if fuse else "apart")
+            monkeypatch.setattr(model_runner, "FUSE_SWIGLU", fuse)
             llm = LLM(m, block_size=16, max_num_seqs=4, max_model_len=256, max_num_batched_tokens=256,
                       num_kvcache_blocks=40)
             steps = _record_decode_logits(llm)
@@ -307,13 +307,13 @@ def test_engine_fuses_silu_mul_into_the_one_token_gate_up_gemv(tiny_model_dir, d
     assert len(st_f) == len(st_u) > 0 and all(torch.equal(a, b) for a, b in zip(st_f, st_u))
 
 
-@pytest.mark.parametrize("dtype,swiglu", [("int8", "apart"), ("fp8", "apart"), ("int8", "gate_up"), ("fp8", "down")])
+@pytest.mark.parametrize("dtype,swiglu", [("int8", False), ("fp8", False), ("int8", True)])
 def test_engine_folds_the_norms_and_residual_adds_into_the_one_token_gemvs(tiny_model_dir, dtype, swiglu,
                                                                            monkeypatch):
     """model_runner.FUSE_NORM: at batch 1 every layer's norms run inside the q/k/v and gate/up GEMVs (their table
     cells set to the Gluon GEMV here) and the residual adds in o_proj's and down_proj's epilogues; the decode
     logits stay close to those of the separate norm kernels (the fused path skips two bf16 roundings), token for
-    token, also with SiLU * up in the gate/up GEMV or in down_proj's."""
+    token, also with SiLU * up in the gate/up GEMV."""
     from qexp.config import RunConfig
     from qexp.engine import LLM, SamplingParams, model_runner
     from qexp.kernels import configs, fused
@@ -328,10 +328,9 @@ def test_engine_folds_the_norms_and_residual_adds_into_the_one_token_gemvs(tiny_
              for n in (qkv_n, 2 * c.intermediate_size)}
     g = torch.Generator().manual_seed(6)
     prompts = [torch.randint(0, 151936, (n,), generator=g).tolist() for n in (37, 5)]
-    calls, norm_linear, down_calls, swiglu_linear = [], fused.norm_linear, [], fused.swiglu_linear
+    calls, norm_linear = [], fused.norm_linear
     monkeypatch.setattr(fused, "norm_linear", lambda *a, **k: calls.append(1) or norm_linear(*a, **k))
-    monkeypatch.setattr(fused, "swiglu_linear", lambda *a, **k: down_calls.append(1) or swiglu_linear(*a, **k))
-    monkeypatch.setattr(model_runner, "SWIGLU", swiglu)
+    monkeypatch.setattr(model_runner, "FUSE_SWIGLU", swiglu)
     runs = {}
     with configs.override(cells):
         for fuse in (True, False):
@@ -343,9 +342,8 @@ def test_engine_folds_the_norms_and_residual_adds_into_the_one_token_gemvs(tiny_
             runs[fuse] = (outs, steps, len(calls))
             del llm
     (out_f, st_f, n_f), (out_u, st_u, n_u) = runs[True], runs[False]
-    per_forward = c.num_hidden_layers * (1 if swiglu == "gate_up" else 2)
+    per_forward = c.num_hidden_layers * (1 if swiglu else 2)
     assert n_f >= 2 * per_forward and n_u == n_f  # warm-up and capture with the switch on; none with it off
-    assert len(down_calls) == (n_f // 2 if swiglu == "down" else 0)  # one a layer beside the gate/up norm_linear
     assert len(st_f) == len(st_u) == 2 * 7
     compared = 0
     for seq_f, seq_u, first in zip(out_f, out_u, (0, 7)):

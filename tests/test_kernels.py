@@ -541,28 +541,6 @@ def test_norm_linear_matches_the_float32_norm_then_linear(cfg, k, dtype, gran, g
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", GEMV_GL[:4], ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("k,dtype,gran,gs", [(k, *r) for k in (6144, 1040) for r in RECIPES
-                                             if r[2] is None or k % r[2] == 0])
-def test_swiglu_linear_equals_silu_mul_then_the_gemv(cfg, k, dtype, gran, gs):
-    """down_proj's one-token GEMV computing silu(gate) * up of its [gate | up] input as it reads it: bit for bit
-    elementwise.silu_mul then the GEMV, with a bias (the engine's residual)."""
-    from qexp.engine.kernels import silu_mul
-    from qexp.kernels import fused
-    gen = torch.Generator(device="cuda").manual_seed(k + (gs or 9))
-    n = 1040
-    q, s = _quantized(n, k, dtype, gran, gs, gen)
-    gate_up = 2 * torch.randn(1, 2 * k, device="cuda", generator=gen, dtype=torch.bfloat16)
-    bias = torch.randn(n, device="cuda", generator=gen, dtype=torch.bfloat16)
-    torch.empty(64 << 20, dtype=torch.uint8, device="cuda").fill_(0xFF)
-    out = fused.swiglu_linear(gate_up, q, s, group_size=gs, bias=bias, config=cfg)
-    act = silu_mul(gate_up[:, :k], gate_up[:, k:])
-    assert torch.equal(out, fused.quantized_linear(act, q, s, group_size=gs, bias=bias, config=cfg))
-    ref = reference.quantized_linear(act, q, s, group_size=gs, bias=bias)
-    assert _rel(out, ref) < TOL
-
-
-@pytest.mark.gpu
 def test_gate_up_swiglu_is_offered_only_for_one_weight_only_token_on_the_gluon_gemv():
     from qexp.kernels import fused
     gen = torch.Generator(device="cuda").manual_seed(3)

@@ -33,14 +33,15 @@ from qexp.kernels.activation import QuantizedActivation
 from qexp.quant.real import QuantizedWeight
 
 CPU_KV_CACHE_BYTES = 2 << 30  # default KV cache on CPU when no block count is given
-# Batch-1 SiLU * up: "apart" (elementwise.silu_mul), "gate_up" (in the epilogue of the merged gate/up GEMV,
-# fused.gate_up_swiglu) or "down" (as down_proj's GEMV reads its input, fused.swiglu_linear; with FUSE_NORM only):
-# one launch a layer fewer (bench_engine --swiglu for the A/B)
-SWIGLU = "apart"
+# Batch-1 SiLU * up in the epilogue of the merged weight-only gate/up GEMV (fused.gate_up_swiglu): one launch a
+# layer fewer. H100, int8-row batch 1 with FUSE_NORM: 1246 -> 1182 us a token (BENCHMARKS.md, 2026-12-06;
+# bench_engine --swiglu apart for the A/B)
+FUSE_SWIGLU = True
 # Batch 1, weight-only q/k/v and gate/up on the one-token GEMV: each RMSNorm runs inside the GEMV after it
 # (fused.norm_linear) and each residual add in the epilogue of o_proj / down_proj (the residual as their bias),
-# so no norm launch runs between the layers' GEMMs (bench_engine --norm apart for the A/B)
-FUSE_NORM = False
+# so no norm launch runs between the layers' GEMMs. H100, int8-row batch 1: 1315 -> 1246 us a token
+# (BENCHMARKS.md, 2026-12-06; bench_engine --norm apart for the A/B)
+FUSE_NORM = True
 FREE_MARGIN_BYTES = 1 << 30  # left free on the card for the CUDA context, cuBLAS workspaces and graphs
 
 
@@ -195,7 +196,7 @@ class ModelRunner:
                 x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual,
                                                     self._quant_in(self.gate_up[i], T))
                 down = (mlp.down_proj.weight, mlp.down_proj.bias)
-                if SWIGLU == "gate_up" and self._swiglu_in_gemv(self.gate_up[i], x):
+                if self._swiglu_in_gemv(self.gate_up[i], x):
                     w = self.gate_up[i][0]
                     act = self.fused.gate_up_swiglu(x, w.qdata, w.scale, group_size=w.group_size)
                 else:
@@ -227,17 +228,12 @@ class ModelRunner:
         o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
         h = self._linear(o.view(1, H * D), attn.o_proj.weight, h.view(-1))
         ln, down = layer.post_attention_layernorm, mlp.down_proj.weight
-        if SWIGLU == "gate_up" and self._swiglu_in_gemv(self.gate_up[i], h):
+        if self._swiglu_in_gemv(self.gate_up[i], h):
             w = self.gate_up[i][0]
             act = self.fused.gate_up_swiglu(h, w.qdata, w.scale, group_size=w.group_size, norm_weight=ln.weight,
                                             eps=ln.variance_epsilon)
             return self._linear(act, down, h.view(-1))
-        gate_up = self._norm_linear(h, ln, self.gate_up[i])
-        gate, up = gate_up.chunk(2, dim=-1)
-        if (SWIGLU == "down" and type(down) is QuantizedWeight and down.pre_scale is None
-                and self.fused.on_one_token_gemv(gate, down.qdata, down.scale, down.group_size, down.act_dtype)):
-            return self.fused.swiglu_linear(gate_up, down.qdata, down.scale, group_size=down.group_size,
-                                            bias=h.view(-1))
+        gate, up = self._norm_linear(h, ln, self.gate_up[i]).chunk(2, dim=-1)
         act = self.kernels.silu_mul(gate, up, self._quant_in((down, None), 1))
         return self._linear(act, down, h.view(-1))
 
@@ -269,8 +265,8 @@ class ModelRunner:
         return self._linear(x, *self.gate_up[i]).chunk(2, dim=-1)
 
     def _swiglu_in_gemv(self, gate_up: tuple[torch.Tensor, torch.Tensor | None] | None, x) -> bool:
-        """Whether this step's merged weight-only gate/up can run with SiLU * up in its GEMV (one token)."""
-        if gate_up is None or isinstance(x, QuantizedActivation):
+        """Whether this step's merged weight-only gate/up runs with SiLU * up in its GEMV (FUSE_SWIGLU, one token)."""
+        if not FUSE_SWIGLU or gate_up is None or isinstance(x, QuantizedActivation):
             return False
         w, bias = gate_up
         return (type(w) is QuantizedWeight and w.pre_scale is None

@@ -140,7 +140,7 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
 
 def on_one_token_gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, group_size: int | None,
                       act_dtype: str | None, config: dict | None = None) -> bool:
-    """Whether the fused forms of the one-token Gluon GEMV (norm_linear, swiglu_linear, gate_up_swiglu) compute
+    """Whether the fused forms of the one-token Gluon GEMV (norm_linear, gate_up_swiglu) compute
     this linear: one bf16 token, a weight-only weight, and no explicit config of another backend. Where the tuned
     table prefers another backend at M=1 (7 of the H100's 60 weight-only cells, within 10 % of the GEMV), they take
     ONE_TOKEN_FALLBACK: the launch a fusion saves is worth more."""
@@ -181,17 +181,6 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w_q: tor
     out = gluon_gemv.gemv(x.reshape(1, k), w_q, w_scale, cfg, group_size=gs, bias=bias, norm_weight=norm_weight,
                           eps=eps)
     return out.reshape(*x.shape[:-1], n)
-
-
-def swiglu_linear(gate_up: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, *, group_size: int | None = None,
-                  bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
-    """linear(silu(gate) * up) for one token's merged gate/up output [gate | up] (1, 2K), where on_one_token_gemv
-    for K wide input: the GEMV applies SiLU * up as it reads its input, bit for bit as elementwise.silu_mul would,
-    so no silu_mul launch runs first. Returns (1, N)."""
-    n, k = w_q.shape
-    cfg, gs = _one_token_config(w_q, w_scale, group_size, gate_up.device, config)
-    return gluon_gemv.gemv(gate_up.reshape(1, 2 * k).contiguous(), w_q, w_scale, cfg, group_size=gs, bias=bias,
-                           swiglu_in=True)
 
 
 # The one-token GEMV's config where the table's M=1 cell is another backend: the H100's tuned gemv_gl for the

@@ -50,14 +50,11 @@ def _to_f32(w):
 @gluon.jit
 def _row_sums(x_ptr, w_ptr, ws_ptr, nw_ptr, eps, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg,
               K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, NORM: gl.constexpr,
-              SWIGLU_IN: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, WAIT: gl.constexpr,
-              layout: gl.constexpr):
+              BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr, WAIT: gl.constexpr, layout: gl.constexpr):
     """sum_k x[k] * dequant(w)[n, k] for the rows offs_n_ld, scales applied: float32, one value per row. WAIT: wait
     for the kernel that writes x (PDL) after the first weight tiles are requested (weights are constant).
     NORM: x is RMS-normalised first (x / rms(x) * nw, nw the norm's weight): each program sums x^2 over the K it
-    reads anyway and scales its row sums by 1 / rms at the end, so no norm kernel runs before the GEMV.
-    SWIGLU_IN: x_ptr holds [gate | up] (2K values) and x = silu(gate) * up, rounded as elementwise.silu_mul rounds
-    it, so the down projection reads the gate/up GEMM's output with no silu_mul launch between them."""
+    reads anyway and scales its row sums by 1 / rms at the end, so no norm kernel runs before the GEMV."""
     w_ptrs = w_ptr + offs_n_ld[:, None].to(gl.int64) * stride_wn + offs_k[None, :]
     K_TILES: gl.constexpr = K // BLOCK_K
     # K is a constexpr and the loop unrolled, so the weight tiles in flight stay in the registers they were loaded
@@ -70,13 +67,8 @@ def _row_sums(x_ptr, w_ptr, ws_ptr, nw_ptr, eps, offs_n_ld, offs_k, stride_wn, s
     acc = gl.zeros((offs_n_ld.shape[0], BLOCK_K), dtype=gl.float32, layout=layout)
     if NORM:
         sq = gl.zeros((BLOCK_K,), dtype=gl.float32, layout=gl.SliceLayout(0, layout))
-    dt: gl.constexpr = x_ptr.dtype.element_ty
     for i in gl.static_range(K_TILES):
         x = gl.load(x_ptr + i * BLOCK_K + offs_k).to(gl.float32)
-        if SWIGLU_IN:
-            up = gl.load(x_ptr + K + i * BLOCK_K + offs_k).to(gl.float32)
-            x = (x * (1 / (1 + gl.exp(-x)))).to(dt).to(gl.float32)  # as tl.sigmoid
-            x = (x * up).to(dt).to(gl.float32)
         if NORM:
             sq += x * x
             x = x * gl.load(nw_ptr + i * BLOCK_K + offs_k).to(gl.float32)
@@ -113,8 +105,8 @@ def _gemv_layout(BLOCK_K, num_warps):
 @gluon.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, nw_ptr, eps, N, stride_wn, stride_wsn, stride_wsg,
                  K: gl.constexpr, GROUP_SIZE: gl.constexpr, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr,
-                 NORM: gl.constexpr, SWIGLU_IN: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-                 PREFETCH: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+                 NORM: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, PREFETCH: gl.constexpr,
+                 PDL: gl.constexpr, num_warps: gl.constexpr):
     if PDL:
         _gdc_launch_dependents()  # the next kernel may launch now; it waits for our stores itself
     layout: gl.constexpr = _gemv_layout(BLOCK_K, num_warps)
@@ -122,7 +114,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, bias_ptr, nw_ptr, eps, N, stride
     offs_n_ld = offs_n % N
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
     out = _row_sums(x_ptr, w_ptr, ws_ptr, nw_ptr, eps, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg, K,
-                    GROUP_SIZE, GROUPED, NORM, SWIGLU_IN, BLOCK_K, PREFETCH, PDL, layout)
+                    GROUP_SIZE, GROUPED, NORM, BLOCK_K, PREFETCH, PDL, layout)
     if HAS_BIAS:
         out += gl.load(bias_ptr + offs_n_ld).to(gl.float32)
     gl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=offs_n < N)
@@ -144,9 +136,9 @@ def _gemv_swiglu_kernel(x_ptr, w_ptr, out_ptr, ws_ptr, nw_ptr, eps, N, stride_wn
     offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
     dt: gl.constexpr = out_ptr.dtype.element_ty
     gate = _row_sums(x_ptr, w_ptr, ws_ptr, nw_ptr, eps, offs_n_ld, offs_k, stride_wn, stride_wsn, stride_wsg, K,
-                     GROUP_SIZE, GROUPED, NORM, False, BLOCK_K, PREFETCH, PDL, layout).to(dt).to(gl.float32)
+                     GROUP_SIZE, GROUPED, NORM, BLOCK_K, PREFETCH, PDL, layout).to(dt).to(gl.float32)
     up = _row_sums(x_ptr, w_ptr, ws_ptr, nw_ptr, eps, offs_n_ld + N, offs_k, stride_wn, stride_wsn, stride_wsg, K,
-                   GROUP_SIZE, GROUPED, NORM, False, BLOCK_K, PREFETCH, False, layout).to(dt).to(gl.float32)
+                   GROUP_SIZE, GROUPED, NORM, BLOCK_K, PREFETCH, False, layout).to(dt).to(gl.float32)
     act = (gate * (1 / (1 + gl.exp(-gate)))).to(dt).to(gl.float32)  # as tl.sigmoid: 1 / (1 + exp(-x))
     gl.store(out_ptr + offs_n, (act * up).to(dt), mask=offs_n < N)
 
@@ -162,18 +154,16 @@ def _launch_shape(n: int, k: int, w_scale: torch.Tensor, cfg: dict, group_size: 
 
 
 def gemv(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *, group_size: int | None = None,
-         bias: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-         swiglu_in: bool = False) -> torch.Tensor:
+         bias: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """x (1, K) bf16, w_q (N, K) int8 / fp8 contiguous, K % 16 == 0; cfg: BLOCK_N, BLOCK_K, num_warps, PREFETCH.
-    norm_weight (K,): x RMS-normalised with it (and eps) first. swiglu_in: x is (1, 2K) [gate | up], the GEMV's
-    input silu(gate) * up. Returns (1, N) in x's dtype."""
+    norm_weight (K,): x RMS-normalised with it (and eps) first. Returns (1, N) in x's dtype."""
     n, k = w_q.shape
     grouped, stride_wsn, stride_wsg, bn, bk, warps = _launch_shape(n, k, w_scale, cfg, group_size)
     out = torch.empty((1, n), device=x.device, dtype=x.dtype)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, w_q, out, w_scale, bias if bias is not None else w_scale, _or(norm_weight, x), eps, n, w_q.stride(0),
         stride_wsn, stride_wsg, K=k, GROUP_SIZE=group_size if grouped else k, GROUPED=grouped,
-        HAS_BIAS=bias is not None, NORM=norm_weight is not None, SWIGLU_IN=swiglu_in, BLOCK_N=bn, BLOCK_K=bk,
+        HAS_BIAS=bias is not None, NORM=norm_weight is not None, BLOCK_N=bn, BLOCK_K=bk,
         PREFETCH=cfg.get("PREFETCH", 1), num_warps=warps, **pdl.launch(x.device))
     return out
 
