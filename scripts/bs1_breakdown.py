@@ -6,7 +6,9 @@ Per recipe: generate() tok/s for a one-token prompt and 1000 new tokens (as benc
 GPU time of one graph-replayed step at a context of ~504 tokens (300 replays between CUDA events, no host work).
 --ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
 the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
-is what that part costs in wall time (timing only: the outputs are garbage).
+is what that part costs in wall time (timing only: the outputs are garbage). In the quantized engines the layers'
+norms (and SiLU * up) run inside the one-token GEMVs (model_runner.FUSE_NORM / FUSE_SWIGLU), so their no-ops only
+act with --fusions' switches off.
 --fusions: the measurement again with each batch-1 fusion of the quantized engines switched off
 (model_runner.FUSE_NORM, FUSE_SWIGLU, and both), graphs recaptured, keys "<recipe> <switch> off".
 --splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
