@@ -63,6 +63,7 @@ class ModelRunner:
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim ** -0.5
+        self.qkv_sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
@@ -162,7 +163,7 @@ class ModelRunner:
     # -- the model -------------------------------------------------------
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states after the final norm, (T, hidden), for a packed batch of new tokens."""
-        T, H, KV, D = input_ids.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        T = input_ids.shape[0]
         h = self.model.model.embed_tokens(input_ids)
         cos, sin = self.cos[positions], self.sin[positions]
         residual = None
@@ -178,27 +179,17 @@ class ModelRunner:
                 residual = h
                 x = layer.input_layernorm(h)
             if self.qkv[i] is not None:  # one GEMM; q, k, v are strided views of its output rows
-                q, k, v = self._linear(x, *self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
+                q, k, v = self._linear(x, *self.qkv[i]).split(self.qkv_sizes, dim=-1)
             else:
                 q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            q, k, v = q.view(T, H, D), k.view(T, KV, D), v.view(T, KV, D)
-            if self.use_triton:
-                q, _ = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin, v, self.k_cache[i],
-                                                 self.v_cache[i], meta.slot_mapping)  # k, v into the cache
-                o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
-            else:
-                q, k = _rope(attn.q_norm(q), attn.k_norm(k), cos, sin)
-                store_kv_reference(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
-                o = paged_attention_reference(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
-            h = attn.o_proj(o.view(T, H * D))
+            h = attn.o_proj(self._attention(i, q, k, v, cos, sin, meta))
             mlp = layer.mlp
             if self.use_triton:
                 x, residual = self.kernels.rms_norm(h, layer.post_attention_layernorm, residual,
                                                     self._quant_in(self.gate_up[i], T))
                 down = (mlp.down_proj.weight, mlp.down_proj.bias)
                 if self._swiglu_in_gemv(self.gate_up[i], x):
-                    w = self.gate_up[i][0]
-                    act = self.fused.gate_up_swiglu(x, w.qdata, w.scale, group_size=w.group_size)
+                    act = self._gate_up_swiglu(i, x)
                 else:
                     gate, up = self._gate_up(i, x)
                     act = self.kernels.silu_mul(gate, up, self._quant_in(down, T))
@@ -219,23 +210,41 @@ class ModelRunner:
     def _one_token_layer(self, i: int, h: torch.Tensor, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
         """Decoder layer i for one token with the norms inside the GEMVs after them (FUSE_NORM, _norm_in_gemv): h is
         the whole residual stream in and out; o_proj and down_proj add it in their epilogue (as a bias)."""
-        layer, (H, KV, D) = self.layers[i], (self.num_heads, self.num_kv_heads, self.head_dim)
-        attn, mlp = layer.self_attn, layer.mlp
-        q, k, v = self._norm_linear(h, layer.input_layernorm, self.qkv[i]).split([H * D, KV * D, KV * D], dim=-1)
-        q, k, v = q.view(1, H, D), k.view(1, KV, D), v.view(1, KV, D)
-        q, _ = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin, v, self.k_cache[i],
-                                         self.v_cache[i], meta.slot_mapping)
-        o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
-        h = self._linear(o.view(1, H * D), attn.o_proj.weight, h.view(-1))
-        ln, down = layer.post_attention_layernorm, mlp.down_proj.weight
+        layer = self.layers[i]
+        q, k, v = self._norm_linear(h, layer.input_layernorm, self.qkv[i]).split(self.qkv_sizes, dim=-1)
+        o = self._attention(i, q, k, v, cos, sin, meta)
+        h = self._linear(o, layer.self_attn.o_proj.weight, h.view(-1))
+        ln, down = layer.post_attention_layernorm, layer.mlp.down_proj.weight
         if self._swiglu_in_gemv(self.gate_up[i], h):
-            w = self.gate_up[i][0]
-            act = self.fused.gate_up_swiglu(h, w.qdata, w.scale, group_size=w.group_size, norm_weight=ln.weight,
-                                            eps=ln.variance_epsilon)
-            return self._linear(act, down, h.view(-1))
-        gate, up = self._norm_linear(h, ln, self.gate_up[i]).chunk(2, dim=-1)
-        act = self.kernels.silu_mul(gate, up, self._quant_in((down, None), 1))
+            act = self._gate_up_swiglu(i, h, ln)
+        else:
+            gate, up = self._norm_linear(h, ln, self.gate_up[i]).chunk(2, dim=-1)
+            act = self.kernels.silu_mul(gate, up, self._quant_in((down, None), 1))
         return self._linear(act, down, h.view(-1))
+
+    def _attention(self, i: int, q, k, v, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
+        """Layer i's attention output (T, H * D) from its q, k, v projections (T, heads * D each): q/k norms and
+        rotary, the new k, v stored in the paged cache, attention over each sequence's context."""
+        T, H, KV, D = q.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        attn = self.layers[i].self_attn
+        q, k, v = q.view(T, H, D), k.view(T, KV, D), v.view(T, KV, D)
+        if self.use_triton:
+            q, _ = self.kernels.qk_norm_rope(q, k, attn.q_norm, attn.k_norm, cos, sin, v, self.k_cache[i],
+                                             self.v_cache[i], meta.slot_mapping)  # k, v into the cache
+            o = self.kernels.paged_attention(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
+        else:
+            q, k = _rope(attn.q_norm(q), attn.k_norm(k), cos, sin)
+            store_kv_reference(k, v, self.k_cache[i], self.v_cache[i], meta.slot_mapping)
+            o = paged_attention_reference(q, self.k_cache[i], self.v_cache[i], meta, self.scale)
+        return o.view(T, H * D)
+
+    def _gate_up_swiglu(self, i: int, x: torch.Tensor, norm=None) -> torch.Tensor:
+        """silu(gate) * up from layer i's merged gate/up GEMV (where _swiglu_in_gemv), x normalised by `norm`
+        inside it if given."""
+        w = self.gate_up[i][0]
+        return self.fused.gate_up_swiglu(x, w.qdata, w.scale, group_size=w.group_size,
+                                         norm_weight=None if norm is None else norm.weight,
+                                         eps=0.0 if norm is None else norm.variance_epsilon)
 
     def _norm_in_gemv(self, i: int, h: torch.Tensor, residual: torch.Tensor | None) -> bool:
         """Whether layer i runs as _one_token_layer: FUSE_NORM, one token whose residual stream is whole (the
