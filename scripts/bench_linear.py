@@ -133,10 +133,9 @@ def precompile(plan: list, workers: int):
     seen, tasks = set(), []
     for r, cfg, k, m in plan:
         bk = cfg.get("BLOCK_K", 0) if configs.spans_groups(cfg) else min(cfg.get("BLOCK_K", 0), r["gs"] or 1 << 30)
-        # kernels specialised on K (the GEMVs: and on the group size)
-        gemvs = cfg.get("backend") in ("gemv_gl", "gemv_mma")
-        key = (r["dtype"], r["act"], r["gran"] == "group", json.dumps({**cfg, "BLOCK_K": bk}),
-               k if r["act"] or gemvs else 0, r["gs"] if gemvs else None)
+        per_shape = r["act"] or cfg.get("backend") == "gemv_gl"  # kernels specialised on K (gemv_gl: and the group)
+        key = (r["dtype"], r["act"], r["gran"] == "group", json.dumps({**cfg, "BLOCK_K": bk}), k if per_shape else 0,
+               r["gs"] if cfg.get("backend") == "gemv_gl" else None)
         if key not in seen:
             seen.add(key)
             tasks.append((r, cfg, k, m))

@@ -33,11 +33,9 @@ KERNELS = {"rs": ("qexp.kernels.gluon_w8a16_rs", "_rs_kernel", r"HGMMA.*gsb0"),
            "skinny": ("qexp.kernels.gluon_skinny", "_skinny_kernel", r"BAR\.SYNC"),
            "w8a8": ("qexp.kernels.gluon_w8a8", "_w8a8_kernel", r"[HI]GMMA.*gsb0"),
            "gemv": ("qexp.kernels.gluon_gemv", "_gemv_kernel", r"EXIT"),
-           "gemv_swiglu": ("qexp.kernels.gluon_gemv", "_gemv_swiglu_kernel", r"EXIT"),
-           "gemv_mma": ("qexp.kernels.gluon_gemv_mma", "_gemv_mma_kernel", r"HMMA")}
+           "gemv_swiglu": ("qexp.kernels.gluon_gemv", "_gemv_swiglu_kernel", r"EXIT")}
 # the one-token GEMVs take K as a constexpr: Qwen3-1.7B's hidden size unless --cfg says otherwise
 GEMV_DEFAULTS = dict(K=2048, BLOCK_N=16, BLOCK_K=512, PREFETCH=1, NORM=False)
-GEMV_MMA_DEFAULTS = dict(K_TILES=8, BLOCK_N=64, BLOCK_M=16, BLOCK_K=256, PREFETCH=2)
 DEFAULTS = dict(GROUPED=False, GROUP_SIZE=1, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128,
                 STAGES=4, PDL=True, num_warps=4, SUB_K=64, EARLY_TRIGGER=False)
 _OP = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)$")
@@ -54,8 +52,7 @@ def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str =
     mod, name, _ = KERNELS[kernel]
     fn = getattr(importlib.import_module(mod), name)
     own = {p.name: p.default for p in fn.params if p.has_default}  # the kernel's defaults, as its launcher leaves them
-    const = {**DEFAULTS, **(GEMV_DEFAULTS if kernel.startswith("gemv") else {}),
-             **(GEMV_MMA_DEFAULTS if kernel == "gemv_mma" else {}), **own, **cfg}
+    const = {**DEFAULTS, **(GEMV_DEFAULTS if kernel.startswith("gemv") else {}), **own, **cfg}
     wdt, gw = ("i8", gl.int8) if w == "int8" else ("fp8e4nv", gl.float8e4nv)
     if kernel == "w8a8":  # x quantized to the weight's dtype
         x, xdt = wdt, gw
@@ -65,13 +62,13 @@ def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str =
            "w_desc": _desc(wdt, const["BLOCK_N"], const["BLOCK_K"], gw), "out_ptr": "*bf16", "ws_ptr": "*fp32",
            "bias_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
            "stride_om": "i32", "stride_wsn": "i32", "stride_wsg": "i32", "tiles_per_split": "i32",
-           "x_ptr": "*bf16", "w_ptr": f"*{wdt}", "nw_ptr": "*bf16", "eps": "fp32", "stride_wn": "i32", "stride_xm": "i32"}
+           "x_ptr": "*bf16", "w_ptr": f"*{wdt}", "nw_ptr": "*bf16", "eps": "fp32", "stride_wn": "i32"}
     const = {c: v for c, v in const.items() if c in fn.arg_names}
     sig.update({c: "constexpr" for c in const})
     sig = {a: sig[a] for a in fn.arg_names}
     names = list(sig)
     aligned = [a for a in ("out_ptr", "ws_ptr", "xs_ptr", "bias_ptr", "part_ptr", "count_ptr", "N", "K", "stride_om",
-                           "x_ptr", "w_ptr", "nw_ptr", "stride_wn", "stride_xm")
+                           "x_ptr", "w_ptr", "nw_ptr", "stride_wn")
                if a in names]  # as at launch
     src = GluonASTSource(fn=fn, signature=sig, constexprs={(names.index(c),): v for c, v in const.items()},
                          attrs={(names.index(a),): [["tt.divisibility", 16]] for a in aligned})

@@ -170,7 +170,7 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                tiled = ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gemv_gl", "gemv_mma", "gluon_w8a8")
+                tiled = ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gemv_gl", "gluon_w8a8")
                 assert cfg["backend"] in tiled + ("dequant_mm", "scaled_mm", "scaled_mm_fast")
                 if cfg["backend"] in tiled:
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
@@ -398,30 +398,11 @@ def test_skinny_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs.gemv_mma_config(64, 256), configs.gemv_mma_config(64, 128, split_k=4, prefetch=3),
-                                 configs.gemv_mma_config(32, 512, split_k=2, warps=2, prefetch=1),
-                                 configs.gemv_mma_config(128, 256, split_k=2, warps=8),
-                                 configs.gemv_mma_config(16, 512, split_k=4, warps=1),
-                                 configs.gemv_mma_config(64, 256, split_k=8, bm=8)],
-                         ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
-@pytest.mark.parametrize("m", [1, 5, 16, 29])
-def test_gemv_mma_matches_reference(cfg, dtype, gran, gs, m):
-    """mma.sync on weight bytes loaded straight into registers: every weight format, ragged M (29: two token
-    tiles) and N, offset x view, bias, split-K, each prefetch depth; called twice so the split-K arrival counters
-    are seen reset."""
-    from qexp.kernels import gluon_gemv_mma
-    assert gluon_gemv_mma.supported(2048, gs)  # _ragged_case's K
-    _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 37), gs)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs.skinny_config(64, 16, 64), configs.gluon_rs_config(64, 64, 64),
-                                 configs.gemv_mma_config(64, 64)],
+@pytest.mark.parametrize("cfg", [configs.skinny_config(64, 16, 64), configs.gluon_rs_config(64, 64, 64)],
                          ids=lambda c: c["backend"])
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
 def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
-    """The bit-trick conversions (skinny and gemv_mma: 4 bytes per step, gluon_rs: 2) are exact for all 256 codes (e4m3
+    """The bit-trick conversions (skinny: 4 bytes per step, gluon_rs: 2) are exact for all 256 codes (e4m3
     subnormals included, NaN codes excluded): with an identity-like x the output rows are the dequantized weight."""
     from qexp.kernels import fused
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
@@ -623,8 +604,6 @@ def test_back_to_back_pdl_kernels_wait_for_their_input(graph):
              (configs.gluon_config(64, 64, 128, stages=4), "int8", "group", 128, None),
              (configs.skinny_config(64, 16, 128, split_k=4), "fp8", "group", 64, None),
              (configs.skinny_config(64, 16, 256), "int8", "row", None, None),
-             (configs.gemv_mma_config(64, 256, split_k=4), "int8", "group", 128, None),
-             (configs.gemv_mma_config(32, 256, split_k=2, warps=2), "fp8", "row", None, None),
              (configs.gluon_rs_config(64, 64, 128, split_k=2, stages=6), "int8", "group", 128, None),
              (configs.gluon_rs_config(128, 64, 64, warps=8), "fp8", "row", None, None),
              (configs.gluon_rs_config(64, 128, 64, stages=4, producer=True), "int8", "group", 64, None),

@@ -88,13 +88,6 @@ def gemv_config(bn, bm, bk, split_k=1, warps=4, stages=3, prefetch=1) -> dict:
     return {**cfg, "PREFETCH": prefetch} if prefetch > 1 else cfg
 
 
-def gemv_mma_config(bn, bk, split_k=1, warps=4, prefetch=2, bm=16) -> dict:
-    """Small-M Gluon kernel config (gluon_gemv_mma): BLOCK_N = 16 weight rows x warps x repeats, BLOCK_M tokens
-    (8 or 16: the MMA's N), each thread's weight bytes loaded straight into registers PREFETCH K tiles ahead."""
-    return {"backend": "gemv_mma", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
-            "num_warps": warps, "num_stages": 1, "PREFETCH": prefetch}
-
-
 def gemv_gl_config(bn, bk, warps=4, prefetch=1) -> dict:
     """One-token Gluon GEMV config (gluon_gemv): BLOCK_N rows over num_warps warps, 16 bytes of K per thread.
     Its keys are also a valid Triton GEMV config, the fallback where Gluon is missing."""

@@ -5,8 +5,6 @@
   gluon_rs    W8A16 for M >= 64: wgmma with the weight converted in its operand registers (gluon_w8a16_rs)
   gluon_w8a8  W8A8 for M >= 64, one wgmma kept in flight also for int8 (gluon_w8a8, sm_90+)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
-  gemv_mma    W8A16 for M = 2-16: skinny's math with the one-token GEMV's loads, weight bytes straight from global
-              memory into the MMA's operand registers, no shared memory (gluon_gemv_mma, sm_80+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
   gemv_gl     W8A16 CUDA-core GEMV for one token with hand-set layouts (gluon_gemv); also with the RMSNorm
               before it folded in (norm_linear), and for a merged gate/up weight with SiLU * up in its
@@ -46,11 +44,6 @@ try:  # the one-token Gluon GEMV; else gemv_gl configs run as the Triton GEMV
     from qexp.kernels import gluon_gemv
 except ImportError:
     gluon_gemv = None
-
-try:  # the small-M mma.sync kernel on register loads; else gemv_mma configs take the heuristic's config
-    from qexp.kernels import gluon_gemv_mma
-except ImportError:
-    gluon_gemv_mma = None
 
 try:  # the register-operand wgmma kernel (shares gluon_skinny's helpers); else gluon_rs configs run as tma
     from qexp.kernels import gluon_w8a16_rs
@@ -110,10 +103,6 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             and gluon_skinny.supported(k, group_size if w_scale.dim() == 2 else None)
             and triton_qmm_tma is not None and triton_qmm_tma.supported(x2, w_q)):
         cfg = configs.heuristic(kind, n, k, m)
-    if cfg["backend"] == "gemv_mma" and not (
-            gluon_gemv_mma is not None and act_dtype is None and x.dtype == torch.bfloat16
-            and gluon_gemv_mma.supported(k, group_size if w_scale.dim() == 2 else None)):
-        cfg = configs.heuristic(kind, n, k, m)
     if cfg["backend"] == "gemv_gl" and not (gluon_gemv is not None and act_dtype is None and m == 1
                                             and x.dtype == torch.bfloat16):
         cfg = {**cfg, "backend": "gemv"}  # the same tile in the Triton GEMV
@@ -139,8 +128,6 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = gluon_gemv.gemv(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "skinny":
             out = gluon_skinny.w8a16_skinny(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
-        elif cfg["backend"] == "gemv_mma":
-            out = gluon_gemv_mma.gemv_mma(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         else:
             out = qmm(x2, w_q, w_scale, cfg, group_size=gs, bias=bias, out_dtype=x.dtype)
     elif cfg["backend"] == "gemv":  # decode: activation quantization fused into the GEMV

@@ -10,7 +10,6 @@ from __future__ import annotations
 from qexp.kernels.configs import (
     gemv_config,
     gemv_gl_config,
-    gemv_mma_config,
     gluon_config,
     gluon_w8a8_config,
     gluon_rs_config,
@@ -88,7 +87,7 @@ def candidates(kind_: str, m: int) -> list[dict]:
     if not a8 and b == 1:
         out += _gemv_gl_candidates()
     if not a8:
-        out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b) + _gemv_mma_candidates(b)
+        out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
@@ -188,29 +187,6 @@ def _gemv_gl_candidates() -> list[dict]:
         gemv_gl_config(16, 1024),
         gemv_gl_config(32, 1024, warps=8),
         gemv_gl_config(8, 1024, warps=2),
-    ]
-
-
-def _gemv_mma_candidates(b: int) -> list[dict]:
-    """The M=16 bucket (decode batches of 2-16): as the one-token GEMV, enough weight bytes in flight per SM from
-    registers alone, so split-K (or 8-warp programs) until N = 1024 covers every SM."""
-    if b != 16:
-        return []
-    return [
-        gemv_mma_config(64, 256, split_k=2),
-        gemv_mma_config(64, 256, split_k=4),
-        gemv_mma_config(64, 128, split_k=4, prefetch=3),
-        gemv_mma_config(32, 256, split_k=4, warps=2),
-        # two or four 16-row repeats per warp: each x fragment feeds 2-4 MMAs (x's bytes through L1 at one repeat
-        # were twice the weight's)
-        gemv_mma_config(128, 128),
-        gemv_mma_config(128, 128, split_k=2),
-        gemv_mma_config(128, 128, split_k=4),
-        gemv_mma_config(128, 256, split_k=2, prefetch=1),
-        gemv_mma_config(256, 128, split_k=4, prefetch=1),
-        gemv_mma_config(64, 128, split_k=4, warps=2, prefetch=3),
-        gemv_mma_config(64, 128, split_k=8, warps=2),
-        gemv_mma_config(256, 128, split_k=2, warps=8),
     ]
 
 
