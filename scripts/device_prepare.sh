@@ -68,6 +68,8 @@ pins=(
   pyasn1-modules==0.4.2
   smmap==5.0.3
   pyasn1==0.6.5
+  pytest-xdist==3.8.0  # the GPU suite's ~1700 tests compile kernels: spread them over the host's cores (-n)
+  execnet==2.1.2
 )
 pip wheel -q --no-deps -w .whl sqlitedict==2.1.0 rouge-score==0.1.2 word2number==1.1
 platforms=()
