@@ -46,15 +46,17 @@ def _prompt_sets(n: int, length: int, seed: int, repeats: int = 1) -> list[list[
 
 
 def quantize_recipe(model, recipe: str) -> None:
-    """Quantize a (dummy-weight) model in place by a recipe name "<dtype>-<quant>[+head]", real mode; +head also
-    quantizes lm_head (RunConfig.include_lm_head)."""
+    """Quantize a (dummy-weight) model in place by a recipe name "<dtype>-<quant>[+head]", real mode, quant one of
+    tensor, row, group<size> (e.g. int8-group128), smooth; +head also quantizes lm_head (RunConfig.include_lm_head)."""
     from qexp.config import RunConfig
     from qexp.quant.apply import quantize_model
     dtype, quant = recipe.removesuffix("+head").split("-")
+    group_size = int(quant.removeprefix("group")) if quant.startswith("group") else None
+    quant = "group" if group_size else quant
     # SmoothQuant calibrates on token batches; random ids suit dummy weights (only timing is measured)
     device = model.lm_head.weight.device
     calib = [torch.tensor(p, device=device)[None] for p in _prompts(4, 512, 11)] if quant == "smooth" else None
-    quantize_model(model, RunConfig(dtype=dtype, quant=quant, mode="real",
+    quantize_model(model, RunConfig(dtype=dtype, quant=quant, group_size=group_size, mode="real",
                                     include_lm_head=recipe.endswith("+head")).validate(), calibration_batches=calib)
 
 
