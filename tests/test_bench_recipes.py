@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qexp.config import ConfigError
 from qexp.models.loader import load_model
 from qexp.quant import qdq
 from qexp.quant.real import QuantizedWeight
@@ -40,6 +41,6 @@ def test_recipe_name_sets_dtype_granularity_and_group_size(qwen3, recipe, dtype,
 
 
 def test_unknown_group_size_is_refused(qwen3):
-    with pytest.raises(Exception, match="group"):
+    with pytest.raises(ConfigError, match="group"):
         quantize_recipe(qwen3, "int8-group100")
     assert type(qwen3.model.layers[0].mlp.down_proj.weight) is torch.nn.Parameter
