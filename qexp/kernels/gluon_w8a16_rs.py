@@ -308,6 +308,8 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N). cfg PACKED: w_q is in
     packed K order (qexp.kernels.packing.pack_k64, K % 64 == 0), the scales as they were."""
     p = plan(x, w_q, w_scale, cfg, group_size, bias)
+    if cfg.get("PACKED") and p.bk % 64:
+        raise ValueError(f"PACKED needs K tiles of whole 64-wide blocks (got BLOCK_K = {p.bk})")
     producer = cfg.get("PRODUCER", False)
     # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
     # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240
