@@ -854,7 +854,8 @@ def test_gemv_with_fused_activation_quant(cfg, act, m):
                                             ("fp8", "group", 64, 1088), ("int8", "group", 128, 1152),
                                             ("fp8", "group", 512, 1536), ("int8", "group", 384, 1152)])
 def test_dequant_backend_is_the_reference_dequantization(dtype, gran, gs, k):
-    """Bit for bit, with K tails shorter than the kernel's 256-wide tile and groups narrower and wider than it."""
+    """Bit for bit, with K tails shorter than the kernel's 512-wide tile, groups that tile it whole (64, 128, 512)
+    and one that does not (384: a scale gathered per element)."""
     from qexp.kernels import fused
     from qexp.kernels.triton_dequant import dequantize
     gen = torch.Generator(device="cuda").manual_seed(9)
