@@ -2,7 +2,6 @@
 
     python3 scripts/kernel_sass.py rs --cfg "BLOCK_N=64, BLOCK_M=128, BLOCK_K=128, STAGES=4"
     python3 scripts/kernel_sass.py rs --w fp8 --cfg "PRODUCER=True, num_warps=8, BLOCK_N=128, BLOCK_K=64, STAGES=6"
-    python3 scripts/kernel_sass.py rs --cfg "PACKED=True, PRODUCER=True, BLOCK_N=64, BLOCK_M=128, BLOCK_K=128"
     python3 scripts/kernel_sass.py skinny --cfg "BLOCK_N=32, BLOCK_M=16, BLOCK_K=512, STAGES=3, num_warps=2"
     python3 scripts/kernel_sass.py w8a8 --w fp8 --cfg "BLOCK_N=128, BLOCK_M=256, num_warps=8, STAGES=3, GROUP_M=8"
     python3 scripts/kernel_sass.py gemv --cfg "NORM=True, BLOCK_N=16, BLOCK_K=512, num_warps=4"

@@ -447,23 +447,6 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs.gluon_rs_config(64, 128, 128, producer=True),
-                                 configs.gluon_rs_config(64, 64, 64, split_k=4, stages=8),
-                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True),
-                                 configs.gluon_rs_config(128, 64, 128, split_k=2, stages=5)],
-                         ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("dtype,gran,gs", [("int8", "row", None), ("fp8", "tensor", None), ("int8", "group", 64),
-                                           ("fp8", "group", 128), ("int8", "group", 512)])
-@pytest.mark.parametrize("m", [5, 130])
-def test_rs_on_a_packed_weight_matches_reference(cfg, dtype, gran, gs, m):
-    """Config PACKED on the weight in packed K order (qexp.kernels.packing) equals the reference on the row-major
-    weight: 64-wide K tiles and wider, one and two rows a warp, both weight dtypes, row / tensor / group scales."""
-    from qexp.kernels.packing import pack_k64
-    q, s, x, bias, ref = _ragged_case(m, dtype, gran, gs, m + 59)
-    _assert_matches({**cfg, "PACKED": True}, (pack_k64(q), s, x, bias, ref), gs)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs.gemv_config(4, 1, 1024), configs.gemv_config(8, 1, 512, split_k=2),
                                  configs.gemv_config(16, 1, 512, warps=8), configs.gemv_config(8, 1, 256, prefetch=2),
                                  configs.gemv_config(4, 1, 1024, split_k=2, prefetch=2),  # one tile per split

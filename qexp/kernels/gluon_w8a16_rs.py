@@ -10,15 +10,12 @@ in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
   - wgmma i runs while tile i + 1 is read and converted; the registers it reads are not written again before
     it is waited on (`_step`);
   - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`);
-  - config PACKED (an experiment: no table or candidate list holds it; `qexp.kernels.packing`): the weight's K is
-    stored in packed order, so a thread's A fragments of four k16 steps are one 16-byte shared load
-    (`_load_a_packed`) instead of eight 16-bit ones: 11-15 % fewer instructions per K step at sm_90a;
   - config PRODUCER: a warp of its own issues the TMA loads (`_produce`, Gluon warp specialization), so the
     consumer's K step has no TMA issue and no CTA-wide barrier (int8: ~220 instructions instead of ~260 per
     128-wide K step, `scripts/kernel_sass.py rs`). On the H200 at ~100 tokens it was 0-3 % faster (the tuner
     takes it where it wins): the consumer's convert chain and its wgmma, not the loads, bound each program
     (benchmarks/ncu_h200_m100_stalls.txt).
-Weights are read as the recipes store them (row-major, no re-packing), unless PACKED.
+Weights are read as the recipes store them (row-major, no re-packing).
 """
 from __future__ import annotations
 
@@ -33,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels.gluon_skinny import _scale_bias_t, _to_bf16, bf16_asm, e4m3_asm, epilogue_operands
+from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm, e4m3_asm, epilogue_operands
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_wait,
@@ -91,37 +88,10 @@ def _fill_byte():
                                      "=r", [], dtype=gl.int32, is_pure=True, pack=1)
 
 
-@triton.constexpr_function
-def _packed_layout(block_n, block_k, num_warps):
-    """int8 / fp8 tile (block_n, block_k) in packed K order: lane (g, t) of warp w holds 16 contiguous bytes at
-    16 t of each 64-wide block, rows 16 w + g (+ 8) (and every 16 x num_warps rows after)."""
-    log2 = lambda v: v.bit_length() - 1
-    reg = [[0, 1], [0, 2], [0, 4], [0, 8], [8, 0]] + [[0, 64 << i] for i in range(log2(block_k // 64))] + \
-        [[(16 * num_warps) << i, 0] for i in range(log2(block_n // (16 * num_warps)))]
-    return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
-                                      warp_bases=[[16 << i, 0] for i in range(log2(num_warps))], block_bases=[],
-                                      shape=[block_n, block_k])
-
-
 @gluon.jit
-def _load_a_packed(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-                   num_warps: gl.constexpr):
-    """Weight tile in packed K order (qexp.kernels.packing: position 16 t + 4 j + 2 h + b of a 64-wide block holds
-    K 16 j + 8 h + 2 t + b) -> bf16 A fragment: one 16-byte load per thread and 64 K, converted 4 bytes at a time;
-    the reshape / permute back to natural K only relabels registers (the layout conversion is asserted trivial)."""
-    w = _to_bf16(w_tile.load(_packed_layout(BLOCK_N, BLOCK_K, num_warps)))
-    w = gl.reshape(w, [BLOCK_N, BLOCK_K // 64, 4, 4, 2, 2])  # (n, block, t, j, h, b)
-    w = gl.reshape(gl.permute(w, [0, 1, 3, 4, 2, 5]), [BLOCK_N, BLOCK_K])  # (n, block, j, h, t, b)
-    return gl.convert_layout(w, a_l, assert_trivial=True)
-
-
-@gluon.jit
-def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr,
-            PACKED: gl.constexpr = False):
+def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
     """Weight tile (shared memory, int8 / fp8) -> bf16 A fragment, read as the byte pairs each thread owns (one
     16-bit load per pair: a thread's pairs are 8 bytes apart) and converted a pair at a time."""
-    if PACKED:
-        return _load_a_packed(w_tile, a_l, BLOCK_N, BLOCK_K, num_warps)
     w16: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_tile.layout.swizzle_byte_width,
                                              element_bitwidth=16, rank=2)
     pairs = w_tile._reinterpret(gl.int16, [BLOCK_N, BLOCK_K // 2], w16).load(
@@ -144,7 +114,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
-               GROUP_M: gl.constexpr = 8, PACKED: gl.constexpr = False):
+               GROUP_M: gl.constexpr = 8):
     pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
 
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
@@ -160,14 +130,14 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         acc = gl.warp_specialize([  # (the default partition's results come back as a tuple)
             (_consume, (x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
                         N, kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL,
-                        num_warps, PACKED)),
+                        num_warps)),
             (_produce, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split,
                         BLOCK_K, STAGES, PDL)),
         ], [1], [40])[0]
     else:  # (no 'empty' barriers: `ready` stands in for the unused argument)
         acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
                         kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, False,
-                        num_warps, PACKED)
+                        num_warps)
     if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
         _gdc_launch_dependents()
     for st in gl.static_range(STAGES):  # their shared memory may be reused by the epilogue
@@ -192,7 +162,7 @@ def _acc_layout(block_m, num_warps):
 def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
               kt_begin, tiles_per_split, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
-              PRODUCER: gl.constexpr, num_warps: gl.constexpr, PACKED: gl.constexpr):
+              PRODUCER: gl.constexpr, num_warps: gl.constexpr):
     """acc (out.T tile, fp32) over this split's K tiles. The warps issue their own TMA loads, or with PRODUCER
     a producer warp does (_produce) and each step frees its slot through `empty`."""
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
@@ -206,7 +176,7 @@ def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, 
     if GROUPED:
         s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin, BLOCK_K, GROUP_SIZE)
     mbarrier.wait(ready.index(0), 0)
-    a = _load_a(w_smem.index(0), a_l, BLOCK_N, BLOCK_K, num_warps, PACKED)
+    a = _load_a(w_smem.index(0), a_l, BLOCK_N, BLOCK_K, num_warps)
     if GROUPED:
         a = _scaled(a, s_hi, s_lo)
     # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
@@ -223,14 +193,14 @@ def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, 
     for i in range(1, tiles_per_split - 1, 2):
         acc, a1 = _step(i, acc, a, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn,
                         stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N,
-                        BLOCK_K, STAGES, PRODUCER, num_warps, PACKED)
+                        BLOCK_K, STAGES, PRODUCER, num_warps)
         acc, a = _step(i + 1, acc, a1, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn,
                        stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_N,
-                       BLOCK_K, STAGES, PRODUCER, num_warps, PACKED)
+                       BLOCK_K, STAGES, PRODUCER, num_warps)
     if tiles_per_split % 2 == 0:  # one tile left
         acc, a1 = _step(tiles_per_split - 1, acc, a, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn,
                         stride_wsn, stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, GROUPED,
-                        GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, PRODUCER, num_warps, PACKED)
+                        GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, PRODUCER, num_warps)
         acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
     else:
         acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
@@ -253,19 +223,17 @@ def _produce(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begi
 @gluon.jit
 def _consume(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin,
              tiles, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr,
-             PACKED: gl.constexpr):
+             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
     """Default partition (the consumer warp group) of the PRODUCER kernel; results as a tuple."""
     return (_mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
-                      kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, num_warps,
-                      PACKED), )
+                      kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, num_warps), )
 
 
 @gluon.jit
 def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn, stride_wsn, stride_wsg,
           off_m, off_n, kt_begin, tiles_per_split, a_l: gl.constexpr, nbytes: gl.constexpr, GROUPED: gl.constexpr,
           GROUP_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-          PRODUCER: gl.constexpr, num_warps: gl.constexpr, PACKED: gl.constexpr):
+          PRODUCER: gl.constexpr, num_warps: gl.constexpr):
     """K step i >= 1: read and convert tile i while wgmma i - 1 (on a_prev) runs, issue wgmma i, wait for wgmma
     i - 1 and refill (or, with PRODUCER, free) its ring slot. Returns acc and tile i's fragment, which must stay
     live until the next wait."""
@@ -273,7 +241,7 @@ def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, 
     if GROUPED:  # issued before the barrier wait: the load's latency hides behind it
         s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-    a = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps, PACKED)
+    a = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps)
     if GROUPED:
         a = _scaled(a, s_hi, s_lo)
     acc = warpgroup_mma(a, x_smem.index(s).permute((1, 0)), acc, is_async=True)
@@ -305,15 +273,12 @@ def _store_t(acc, out_ptr, off_m, off_n, M, N, stride_om, BLOCK_N: gl.constexpr,
 
 def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N). cfg PACKED: w_q is in
-    packed K order (qexp.kernels.packing.pack_k64, K % 64 == 0), the scales as they were."""
+    """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
     p = plan(x, w_q, w_scale, cfg, group_size, bias)
-    if cfg.get("PACKED") and p.bk % 64:
-        raise ValueError(f"PACKED needs K tiles of whole 64-wide blocks (got BLOCK_K = {p.bk})")
     producer = cfg.get("PRODUCER", False)
     # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
     # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240
     regs = {"maxnreg": 168} if producer and cfg["num_warps"] == 8 else {}
     _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
-                       PACKED=cfg.get("PACKED", False), **p.constexprs, **regs)
+                       **p.constexprs, **regs)
     return p.out
