@@ -2,7 +2,7 @@
 indexing, masking, GQA mapping and split-KV combine on a machine with no GPU (not their speed, nor the compiled
 code: scripts/kernel_sass.py compiles for sm_90a on the CPU).
 
-    pip install triton==3.6.0 && python3 scripts/interpret_attention.py [--configs all]
+    python3 scripts/interpret_attention.py [--configs all]      # Triton 3.6: the dev install brings it
 
 Prefill runs at each of its autotune configs (the interpreter cannot benchmark, so no autotuning), for GQA groups
 of 2, 3 and 1 at head_dim 128 and the tests' tiny Qwen3 (4 heads, 2 kv heads, head_dim 16), block sizes 16 and 256,

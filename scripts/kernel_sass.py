@@ -7,7 +7,7 @@
     python3 scripts/kernel_sass.py gemv --cfg "NORM=True, BLOCK_N=16, BLOCK_K=512, num_warps=4"
 
 The instruction counts BENCHMARKS.md quotes (per 128-wide K step, per main loop) come from here. Needs Triton
-(3.6: its bundled nvdisasm) and torch; the CPU machine runs it with `pip install triton==3.6.0`. Prints the total,
+(3.6: its bundled nvdisasm) and torch; a dev install (`.[dev]`) brings it on the CPU machine. Prints the total,
 an opcode histogram, the instructions between consecutive --marker lines (for `rs`, the last wgmma of each K step:
 the steady-state gaps are the per-step count), and local-memory spills. --sass writes the disassembly.
 """
