@@ -3,14 +3,7 @@ before Triton is imported) against reference.dequantize_weight: each scale path 
 tile, a gathered scale for other group sizes), ragged N and K tails. The interpreter rounds fp32 -> bf16 by
 truncation, so the float32 output is compared, bit for bit; the GPU test compares the bf16 output
 (tests/test_kernels.py::test_dequant_backend_is_the_reference_dequantization)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from triton_interpreter import run_interpreted  # (tests/, beside this file)
 
 SCRIPT = r"""
 import torch
@@ -31,7 +24,4 @@ print("ok")
 
 
 def test_dequant_kernel_matches_the_reference_in_the_interpreter():
-    pytest.importorskip("triton")  # a dev install brings it on Linux x86-64 (pyproject's dev extra)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+    assert run_interpreted(SCRIPT).strip().endswith("ok")

@@ -3,14 +3,7 @@ interpreter too: the ones that compare a kernel with another kernel or with exac
 store at each token's slot, padding skipped, strided views; rms_norm / silu_mul quantizing their output as
 quantize_activation does). The ones against HF's modules stay GPU-only: the interpreter rounds fp32 -> bf16 by
 truncation. A subprocess, as TRITON_INTERPRET must be set before Triton is imported."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from triton_interpreter import run_interpreted  # (tests/, beside this file)
 
 SCRIPT = r"""
 import interpret_attention  # noqa: F401  (its interpreter patches)
@@ -24,8 +17,4 @@ print("ok")
 
 
 def test_engine_kernels_in_the_interpreter():
-    pytest.importorskip("triton")  # a dev install brings it on Linux x86-64 (pyproject's dev extra)
-    path = os.pathsep.join(str(p) for p in (ROOT, ROOT / "tests", ROOT / "scripts"))
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-2000:]
+    assert run_interpreted(SCRIPT).strip().endswith("ok")

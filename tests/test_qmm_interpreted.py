@@ -4,14 +4,7 @@ quantized by triton_act_quant, or inside the GEMV), ragged N and M, a bias, spli
 subprocess, as TRITON_INTERPRET must be set before Triton is imported; scripts/interpret_attention.py's patch makes
 the interpreter's tl.dot take bf16 operands as values. fp8 activations are left to the GPU tests: the interpreter's
 in-register fp32 -> e4m3 -> fp32 round trip differs from the hardware's (randn * 100 values: off by up to 64)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from triton_interpreter import run_interpreted  # (tests/, beside this file)
 
 SCRIPT = r"""
 import torch
@@ -40,7 +33,4 @@ print("ok")
 
 
 def test_triton_gemm_and_gemv_match_the_reference_in_the_interpreter():
-    pytest.importorskip("triton")  # a dev install brings it on Linux x86-64 (pyproject's dev extra)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-2000:]
+    assert run_interpreted(SCRIPT).strip().endswith("ok")
