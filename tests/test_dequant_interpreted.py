@@ -16,7 +16,6 @@ for dtype, gran, gs, k in [("int8", "tensor", None, 1024), ("fp8", "row", None, 
                            ("int8", "group", 16, 1040)]:
     n = 37
     q, s = qdq.quantize(torch.randn(n, k, generator=g) / k ** 0.5, dtype, gran, gs)
-    s = s.reshape({"tensor": (1,), "row": (n,), "group": (n, k // gs if gs else 1)}[gran]).float().contiguous()
     out = dequantize(q.contiguous(), s, gs, out_dtype=torch.float32)
     assert torch.equal(out, dequantize_weight(q, s, gs, torch.float32)), (dtype, gran, gs, k)
 print("ok")

@@ -21,7 +21,6 @@ for cfg in [configs.triton_config(32, 16, 64), configs.triton_config(64, 32, 64,
         n, k = 72, 256
         m = 1 if cfg["BLOCK_M"] == 1 else 20
         q, s = qdq.quantize(torch.randn(n, k, generator=g) / k ** 0.5, dtype, gran, gs)
-        s = s.reshape({"row": (n,), "tensor": (1,), "group": (n, k // (gs or k))}[gran]).float().contiguous()
         x = torch.randn(m, k, generator=g).to(torch.bfloat16)
         bias = torch.randn(n, generator=g).to(torch.bfloat16)
         out = fused.quantized_linear(x, q.contiguous(), s, group_size=gs, act_dtype=act, bias=bias, config=cfg)
