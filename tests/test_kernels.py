@@ -148,6 +148,12 @@ def test_k_tiles_fit_k_and_the_scale_groups():
     assert fit_block_k(2048, 256, True, 512, span_groups=True) == 256
     assert fit_block_k(2304, 1024, True, 64, span_groups=True) == 256  # tiles K whole
     assert fit_block_k(2304, 1024, True, 96, span_groups=True) == 32  # not a power of two: inside one group
+    # gluon_rs tiles may hold whole groups; the tuner offers each such tile and its one-group clamp
+    rs = configs.gluon_rs_config(64, 128, 128)
+    assert configs.spans_groups(rs)
+    group64 = search_space.candidates("w8a16-int8-group64", 128)
+    assert rs in group64 and {**rs, "BLOCK_K": 64} in group64
+    assert not configs.spans_groups(configs.tma_config(64, 128, 128))
     gemv = configs.gemv_config(4, 1, 1024)
     assert configs.spans_groups(gemv) and not configs.spans_groups(configs.gemv_config(16, 4, 128))
     assert gemv in search_space.candidates("w8a16-int8-group64", 1)
@@ -435,13 +441,17 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs.gluon_rs_config(64, 128, 128, stages=5, producer=True),
                                  configs.gluon_rs_config(64, 64, 128, split_k=16, stages=2, producer=True),
                                  configs.gluon_rs_config(128, 128, 64, warps=8, split_k=2, stages=6, producer=True),
-                                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True)],
+                                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True),
+                                 # K tiles of several whole groups (group64: 2 and 4, group128: 2), split-K and not
+                                 configs.gluon_rs_config(64, 64, 256, split_k=2),
+                                 configs.gluon_rs_config(128, 128, 128, warps=8, stages=4, producer=True)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])
 def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     """Register-operand wgmma kernel: every weight format (a random weight covers all byte values), ragged M and N,
-    offset x view, bias, split-K, several M tiles; called twice so the split-K arrival counters are seen reset."""
+    offset x view, bias, split-K, several M tiles, K tiles spanning scale groups (128-wide tiles on 64-wide
+    groups); called twice so the split-K arrival counters are seen reset."""
     _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 57), gs)
 
 

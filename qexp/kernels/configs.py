@@ -110,10 +110,10 @@ def fit_block_k(k: int, block_k: int, grouped: bool, group_size: int | None, spa
 
 
 def spans_groups(cfg: dict) -> bool:
-    """The one-row GEMV and the skinny kernel take K tiles of several whole scale groups; every other kernel's
-    tile lies in one group."""
+    """The one-row GEMV, the skinny kernel and gluon_rs take K tiles of several whole scale groups; every other
+    kernel's tile lies in one group."""
     return ((cfg.get("backend") == "gemv" and cfg.get("BLOCK_M") == 1)
-            or cfg.get("backend") in ("skinny", "gemv_gl"))
+            or cfg.get("backend") in ("skinny", "gemv_gl", "gluon_rs"))
 
 
 def heuristic(kind_: str, n: int, k: int, m: int) -> dict:

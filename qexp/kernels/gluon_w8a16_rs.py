@@ -6,7 +6,8 @@ barrier per K step. wgmma can take its A operand from registers instead (B must 
 in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
   - weight rows are the MMA's M and tokens its N (swap-AB): the accumulator is out.T, stored transposed;
   - each thread reads its A fragment of the int8 / fp8 tile straight from the TMA ring and converts it in
-    registers (`gluon_skinny.bf16_asm`; group scales by a bf16x2 FMA pair, `_scaled`);
+    registers (`gluon_skinny.bf16_asm`; group scales by a bf16x2 FMA pair, `_SCALE`; a K tile may hold several
+    whole groups, `_group_scale`);
   - wgmma i runs while tile i + 1 is read and converted; the registers it reads are not written again before
     it is waited on (`_step`);
   - split-K partials are summed inside the launch (`gluon_w8a16.split_k_sum`);
@@ -42,23 +43,51 @@ from qexp.kernels.gluon_w8a16 import (
     split_k_sum,
 )
 
-# bf16(w * s) for a float32 group scale s = hi + lo (two bf16s): fma(w, hi, w * lo) rounds once, so it equals the
-# reference's bf16(float(w) * s) but where w * s lies within ~2^-17 of a rounding boundary
+# bf16(w * s) for a float32 group scale s = hi + lo (two bf16s), on a bf16x2 pair of weights: fma(w, hi, w * lo)
+# rounds once, so it equals the reference's bf16(float(w) * s) but where w * s lies within ~2^-17 of a rounding
+# boundary
 _SCALE = gl.constexpr("{ .reg .b32 t; mul.rn.bf16x2 t, $1, $3; fma.rn.bf16x2 $0, $1, $2, t; }")
 
 
-@gluon.jit
-def _scaled(wb, s_hi, s_lo):
-    return gl.inline_asm_elementwise(_SCALE, "=r,r,r,r", [wb, s_hi[:, None], s_lo[:, None]], dtype=gl.bfloat16,
-                                     is_pure=True, pack=2)
+# float32 s -> (hi, lo) as bf16x2 operands of _SCALE (each in both halves): hi = bf16(s), lo = bf16(s - hi)
+_SPLIT = gl.constexpr("{ .reg .b32 h; cvt.rn.bf16x2.f32 $0, $2, $2; and.b32 h, $0, 0xFFFF0000; "
+                      "sub.f32 h, $2, h; cvt.rn.bf16x2.f32 $1, h, h; }")
 
 
 @gluon.jit
-def _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, t, BLOCK_K: gl.constexpr, GROUP_SIZE: gl.constexpr):
-    """Row scales of K tile t (inside one group) as bf16 hi + lo."""
-    sc = gl.load(ws_ptr + offs_sn * stride_wsn + ((t * BLOCK_K) // GROUP_SIZE) * stride_wsg)
-    hi = sc.to(gl.bfloat16)
-    return hi, (sc - hi.to(gl.float32)).to(gl.bfloat16)
+def _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, t, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                 GROUP_SIZE: gl.constexpr, num_warps: gl.constexpr):
+    """Row scales of K tile t as bf16x2 hi and lo operands of _SCALE, one per weight pair of the thread's A
+    fragment (`_pair_layout`). A tile may hold several whole groups (64-wide groups in 128-wide tiles: 64-wide
+    tiles cost K steps); each thread loads one scale per row and group and broadcasts it in registers."""
+    GROUPS: gl.constexpr = _tile_groups(BLOCK_K, GROUP_SIZE)
+    l3: gl.constexpr = _group_split(BLOCK_N, BLOCK_K, num_warps, GROUPS)
+    g = (t * BLOCK_K) // GROUP_SIZE + gl.arange(0, GROUPS, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+    sc = gl.load(ws_ptr + offs_sn[:, None] * stride_wsn + g[None, :] * stride_wsg)
+    hi, lo = gl.inline_asm_elementwise(_SPLIT, "=r,=r,r", [sc], dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
+    pairs: gl.constexpr = _pair_layout(BLOCK_N, BLOCK_K, num_warps)
+    fill = gl.zeros([BLOCK_N, GROUPS, BLOCK_K // 2 // GROUPS], gl.int32, l3)
+    hi2 = gl.reshape(gl.expand_dims(hi, 2) + fill, [BLOCK_N, BLOCK_K // 2])
+    lo2 = gl.reshape(gl.expand_dims(lo, 2) + fill, [BLOCK_N, BLOCK_K // 2])
+    return (gl.convert_layout(hi2, pairs, assert_trivial=True), gl.convert_layout(lo2, pairs, assert_trivial=True))
+
+
+@triton.constexpr_function
+def _tile_groups(block_k, group_size):
+    """Scale groups per K tile (1 where a tile lies inside one group)."""
+    return max(block_k // group_size, 1)
+
+
+@triton.constexpr_function
+def _group_split(block_n, block_k, num_warps, groups):
+    """_pair_layout with its pair columns split as (group, pair within the group): shape
+    (block_n, groups, block_k // 2 // groups). Its slice along dim 2 holds each thread's (row, group) scales once."""
+    per = block_k // 2 // groups
+    pairs = _pair_layout(block_n, block_k, num_warps)
+    split = lambda bases: [[r, 0, c] if c < per else [r, c // per, 0] for r, c in bases]
+    return gl.DistributedLinearLayout(reg_bases=split(pairs.reg_bases), lane_bases=split(pairs.lane_bases),
+                                      warp_bases=split(pairs.warp_bases), block_bases=[],
+                                      shape=[block_n, groups, per])
 
 
 @triton.constexpr_function
@@ -89,9 +118,10 @@ def _fill_byte():
 
 
 @gluon.jit
-def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
+def _load_a(w_tile, a_l: gl.constexpr, s_hi, s_lo, GROUPED: gl.constexpr, BLOCK_N: gl.constexpr,
+            BLOCK_K: gl.constexpr, num_warps: gl.constexpr):
     """Weight tile (shared memory, int8 / fp8) -> bf16 A fragment, read as the byte pairs each thread owns (one
-    16-bit load per pair: a thread's pairs are 8 bytes apart) and converted a pair at a time."""
+    16-bit load per pair: a thread's pairs are 8 bytes apart), converted and (GROUPED) scaled a pair at a time."""
     w16: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_tile.layout.swizzle_byte_width,
                                              element_bitwidth=16, rank=2)
     pairs = w_tile._reinterpret(gl.int16, [BLOCK_N, BLOCK_K // 2], w16).load(
@@ -102,6 +132,8 @@ def _load_a(w_tile, a_l: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.conste
                                       dtype=gl.int32, is_pure=True, pack=1)
     else:  # e4m3x2 -> f16x2 (the converter), each f16 -> f32 (exact), the two f32 -> bf16x2 (exact: 4 bits)
         v = gl.inline_asm_elementwise(_E4M3X2_TO_BF16X2, "=r,r", [p32], dtype=gl.int32, is_pure=True, pack=1)
+    if GROUPED:
+        v = gl.inline_asm_elementwise(_SCALE, "=r,r,r,r", [v, s_hi, s_lo], dtype=gl.int32, is_pure=True, pack=1)
     lo = v.to(gl.int16).to(gl.bfloat16, bitcast=True)
     hi = (v >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
     w = gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K])
@@ -172,13 +204,16 @@ def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, 
         prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
                  BLOCK_K, STAGES, PDL)
 
-    offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, a_l))) % N
+    s_hi = 0
+    s_lo = 0
+    offs_sn = 0
     if GROUPED:
-        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin, BLOCK_K, GROUP_SIZE)
+        l3: gl.constexpr = _group_split(BLOCK_N, BLOCK_K, num_warps, _tile_groups(BLOCK_K, GROUP_SIZE))
+        offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))) % N
+        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin, BLOCK_N, BLOCK_K, GROUP_SIZE,
+                                  num_warps)
     mbarrier.wait(ready.index(0), 0)
-    a = _load_a(w_smem.index(0), a_l, BLOCK_N, BLOCK_K, num_warps)
-    if GROUPED:
-        a = _scaled(a, s_hi, s_lo)
+    a = _load_a(w_smem.index(0), a_l, s_hi, s_lo, GROUPED, BLOCK_N, BLOCK_K, num_warps)
     # step 0 zero-fills the accumulator (use_acc=False): no plain instruction may write wgmma's accumulator
     # registers while one is in flight, or ptxas serializes every wgmma (C7515)
     acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
@@ -238,12 +273,13 @@ def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, 
     i - 1 and refill (or, with PRODUCER, free) its ring slot. Returns acc and tile i's fragment, which must stay
     live until the next wait."""
     s = i % STAGES
+    s_hi = 0
+    s_lo = 0
     if GROUPED:  # issued before the barrier wait: the load's latency hides behind it
-        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_K, GROUP_SIZE)
+        s_hi, s_lo = _group_scale(ws_ptr, offs_sn, stride_wsn, stride_wsg, kt_begin + i, BLOCK_N, BLOCK_K,
+                                  GROUP_SIZE, num_warps)
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-    a = _load_a(w_smem.index(s), a_l, BLOCK_N, BLOCK_K, num_warps)
-    if GROUPED:
-        a = _scaled(a, s_hi, s_lo)
+    a = _load_a(w_smem.index(s), a_l, s_hi, s_lo, GROUPED, BLOCK_N, BLOCK_K, num_warps)
     acc = warpgroup_mma(a, x_smem.index(s).permute((1, 0)), acc, is_async=True)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
     if PRODUCER:
@@ -274,7 +310,7 @@ def _store_t(acc, out_ptr, off_m, off_n, M, N, stride_om, BLOCK_N: gl.constexpr,
 def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
-    p = plan(x, w_q, w_scale, cfg, group_size, bias)
+    p = plan(x, w_q, w_scale, cfg, group_size, bias, span_groups=True)
     producer = cfg.get("PRODUCER", False)
     # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
     # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240

@@ -96,7 +96,11 @@ def candidates(kind_: str, m: int) -> list[dict]:
         out += [{"backend": "dequant_mm"}]
     if "group" in kind_:  # a K tile must fit in one group (the kernel would clamp it): clamp here, drop repeats
         gs = int(kind_.rsplit("group", 1)[1])
-        out = [{**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c and not spans_groups(c) else c for c in out]
+        clamp = lambda c: {**c, "BLOCK_K": min(c["BLOCK_K"], gs)} if "BLOCK_K" in c else c
+        # gluon_rs takes tiles of whole groups and group-sized ones alike (64-wide groups: 128-wide tiles halve
+        # the K steps but cost registers; the tuner picks)
+        out = [v for c in out for v in ((c, clamp(c)) if c["backend"] == "gluon_rs" else
+                                        (c if spans_groups(c) else clamp(c), ))]
         out = [c for i, c in enumerate(out) if c not in out[:i]]
     return out
 
