@@ -444,7 +444,13 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs.gluon_rs_config(128, 256, 64, warps=8, producer=True),
                                  # K tiles of several whole groups (group64: 2 and 4, group128: 2), split-K and not
                                  configs.gluon_rs_config(64, 64, 256, split_k=2),
-                                 configs.gluon_rs_config(128, 128, 128, warps=8, stages=4, producer=True)],
+                                 configs.gluon_rs_config(128, 128, 128, warps=8, stages=4, producer=True),
+                                 # group scales on the accumulator (groups of 256 / 512; other formats run as
+                                 # without): 2-8 tiles a group, split-K, a producer warp, 8 warps
+                                 configs.gluon_rs_config(64, 64, 128, split_k=2, stages=6, acc_scale=True),
+                                 configs.gluon_rs_config(64, 128, 64, split_k=4, stages=5, producer=True,
+                                                         acc_scale=True),
+                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=5, acc_scale=True)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])
@@ -453,6 +459,31 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     offset x view, bias, split-K, several M tiles, K tiles spanning scale groups (128-wide tiles on 64-wide
     groups); called twice so the split-K arrival counters are seen reset."""
     _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 57), gs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs.gluon_rs_config(64, 128, 128, split_k=2, acc_scale=True),
+                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True,
+                                                         acc_scale=True)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+@pytest.mark.parametrize("gs", [256, 512])
+def test_rs_group_scales_on_the_accumulator_are_used_and_no_less_accurate(cfg, dtype, gs):
+    """ACC_SCALE sums each group's unscaled products and scales the sum (no bf16(w * s) per element): its output
+    differs from the per-weight scaling's (so the path ran), and against the exact product (float64 of the
+    stored weight times its scale) its error is no larger than the per-weight path's, up to the output's bf16
+    rounding."""
+    from qexp.kernels import fused
+    gen = torch.Generator(device="cuda").manual_seed(gs + len(dtype))
+    q, s = _quantized(1040, 2048, dtype, "group", gs, gen)
+    x = torch.randn(100, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+    exact = x.double() @ (q.double() * s.double().repeat_interleave(gs, dim=1)).T
+    per_weight = {k: v for k, v in cfg.items() if k != "ACC_SCALE"}
+    out_acc = fused.quantized_linear(x, q, s, group_size=gs, config=cfg)
+    out_el = fused.quantized_linear(x, q, s, group_size=gs, config=per_weight)
+    assert not torch.equal(out_acc, out_el)
+    err = lambda o: ((o.double() - exact).norm() / exact.norm()).item()
+    assert err(out_acc) <= err(out_el) * 1.05 and err(out_acc) < TOL
 
 
 @pytest.mark.gpu

@@ -146,7 +146,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
-               GROUP_M: gl.constexpr = 8):
+               GROUP_M: gl.constexpr = 8, ACC_SCALE: gl.constexpr = False):
     pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
 
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
@@ -162,11 +162,15 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         acc = gl.warp_specialize([  # (the default partition's results come back as a tuple)
             (_consume, (x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
                         N, kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL,
-                        num_warps)),
+                        ACC_SCALE, num_warps)),
             (_produce, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split,
                         BLOCK_K, STAGES, PDL)),
         ], [1], [40])[0]
-    else:  # (no 'empty' barriers: `ready` stands in for the unused argument)
+    elif ACC_SCALE:  # (no 'empty' barriers: `ready` stands in for the unused argument)
+        acc = _mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m,
+                                   off_n, N, kt_begin, tiles_per_split, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES,
+                                   PDL, False, num_warps)
+    else:
         acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
                         kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, False,
                         num_warps)
@@ -258,8 +262,13 @@ def _produce(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begi
 @gluon.jit
 def _consume(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N, kt_begin,
              tiles, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+             BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, ACC_SCALE: gl.constexpr,
+             num_warps: gl.constexpr):
     """Default partition (the consumer warp group) of the PRODUCER kernel; results as a tuple."""
+    if ACC_SCALE:
+        return (_mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg,
+                                     off_m, off_n, N, kt_begin, tiles, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES,
+                                     PDL, True, num_warps), )
     return (_mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
                       kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, num_warps), )
 
@@ -282,16 +291,77 @@ def _step(i, acc, a_prev, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, 
     a = _load_a(w_smem.index(s), a_l, s_hi, s_lo, GROUPED, BLOCK_N, BLOCK_K, num_warps)
     acc = warpgroup_mma(a, x_smem.index(s).permute((1, 0)), acc, is_async=True)
     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
+    _release(i, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split, nbytes, BLOCK_K,
+             STAGES, PRODUCER)
+    return acc, a
+
+
+@gluon.jit
+def _release(i, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split,
+             nbytes: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PRODUCER: gl.constexpr,
+             MAYBE_FIRST: gl.constexpr = False):
+    """After wgmma i - 1 is waited on: its ring slot takes tile i + STAGES - 1, or, with PRODUCER, is freed for
+    the producer warp. MAYBE_FIRST: i may be 0 (no wgmma before it; the slot refilled is the one the prologue
+    left free)."""
     if PRODUCER:
-        # wgmma i - 1 is done in every warp of the group (the barrier: the arrive is one thread's), and the group's
-        # shared-memory reads of the slot come before the producer's next TMA write there (the fence)
-        gl.thread_barrier()
-        fence_async_shared()
-        mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
+        if not MAYBE_FIRST or i > 0:
+            # wgmma i - 1 is done in every warp of the group (the barrier: the arrive is one thread's), and the
+            # group's shared-memory reads of the slot come before the producer's next TMA write there (the fence)
+            gl.thread_barrier()
+            fence_async_shared()
+            mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
     else:
         _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
                BLOCK_K, STAGES)
-    return acc, a
+
+
+@gluon.jit
+def _mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
+                         N, kt_begin, tiles_per_split, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr,
+                         BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
+                         PRODUCER: gl.constexpr, num_warps: gl.constexpr):
+    """_mainloop for groups of T = GROUP_SIZE // BLOCK_K >= 2 tiles (the split holds whole groups), with the group
+    scales on the accumulator instead of on every weight: a group's wgmmas sum the unscaled weight into `part`
+    (converted as row-wise is), then acc += part * scale, one FMA per accumulator element per group instead of a
+    bf16x2 FMA pair per weight pair per tile. The next group's first tile is converted while the group's last
+    wgmma runs; only the wait for it and the FMAs are exposed. Not the reference's rounding (bf16(w * s) per
+    element): fp32 products scaled once, as accurate or more."""
+    T: gl.constexpr = GROUP_SIZE // BLOCK_K
+    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    if not PRODUCER:
+        prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
+                 BLOCK_K, STAGES, PDL)
+    offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))) % N
+    mbarrier.wait(ready.index(0), 0)
+    a = _load_a(w_smem.index(0), a_l, 0, 0, False, BLOCK_N, BLOCK_K, num_warps)
+    # `part` enters each group's first wgmma with use_acc=False (never zero-filled by plain moves: C7515);
+    # acc is never a wgmma operand, so plain FMAs may write it
+    part = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
+    acc = gl.zeros((BLOCK_N, BLOCK_M), dtype=gl.float32, layout=mma)
+    for g in range(tiles_per_split // T):
+        i = g * T
+        sc = gl.load(ws_ptr + offs_sn * stride_wsn + ((kt_begin + i) // T) * stride_wsg)
+        part = warpgroup_mma(a, x_smem.index(i % STAGES).permute((1, 0)), part, use_acc=False, is_async=True)
+        part, a = warpgroup_mma_wait(num_outstanding=1, deps=(part, a))  # returns at once: wgmma i stays in flight
+        _release(i, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split, nbytes,
+                 BLOCK_K, STAGES, PRODUCER, True)
+        for j in gl.static_range(1, T):
+            part, a = _step(i + j, part, a, x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, offs_sn,
+                            stride_wsn, stride_wsg, off_m, off_n, kt_begin, tiles_per_split, a_l, nbytes, False,
+                            GROUP_SIZE, BLOCK_N, BLOCK_K, STAGES, PRODUCER, num_warps)
+        nxt = i + T
+        if nxt < tiles_per_split:  # the next group's first tile, converted while wgmma nxt - 1 runs
+            mbarrier.wait(ready.index(nxt % STAGES), (nxt // STAGES) & 1)
+            a_next = _load_a(w_smem.index(nxt % STAGES), a_l, 0, 0, False, BLOCK_N, BLOCK_K, num_warps)
+        else:
+            a_next = a
+        # every wgmma done at the loop's end: the loop-carried fragment is never one a running wgmma reads
+        part, a = warpgroup_mma_wait(num_outstanding=0, deps=(part, a))
+        acc += part * sc[:, None]
+        a = a_next
+    return acc
 
 
 @gluon.jit
@@ -315,6 +385,9 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
     # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240
     regs = {"maxnreg": 168} if producer and cfg["num_warps"] == 8 else {}
+    # scales on the accumulator: groups of two or more K tiles, each split holding whole groups; else per weight
+    acc_scale = (cfg.get("ACC_SCALE", False) and p.grouped and group_size >= 2 * p.bk
+                 and p.tiles_per_split % (group_size // p.bk) == 0)
     _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
-                       **p.constexprs, **regs)
+                       ACC_SCALE=acc_scale, **p.constexprs, **regs)
     return p.out

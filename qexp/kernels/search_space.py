@@ -102,6 +102,10 @@ def candidates(kind_: str, m: int) -> list[dict]:
         out = [v for c in out for v in ((c, clamp(c)) if c["backend"] == "gluon_rs" else
                                         (c if spans_groups(c) else clamp(c), ))]
         out = [c for i, c in enumerate(out) if c not in out[:i]]
+        # groups of two or more K tiles: also with the scales on the accumulator (a second accumulator: tiles of
+        # up to 128 tokens)
+        out += [{**c, "ACC_SCALE": True} for c in out
+                if c["backend"] == "gluon_rs" and c["BLOCK_M"] <= 128 and gs >= 2 * c["BLOCK_K"]]
     return out
 
 
