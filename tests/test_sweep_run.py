@@ -2,6 +2,7 @@
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,6 +42,22 @@ def _wait_for(predicate, timeout_s, proc):
     pytest.fail("timed out waiting for the sweep")
 
 
+def _freeze(pgid, db):
+    """SIGSTOP the sweep's process group at a moment it holds no lock that blocks readers of the SQLite store:
+    frozen mid-commit it would keep every other process from reading it (CI saw the duplicate sweep fail with
+    "database is locked" instead of being refused)."""
+    for _ in range(200):
+        os.killpg(pgid, signal.SIGSTOP)
+        try:
+            with contextlib.closing(sqlite3.connect(db, timeout=0.2)) as con:
+                con.execute("SELECT count(*) FROM runs").fetchone()
+            return
+        except sqlite3.OperationalError:
+            os.killpg(pgid, signal.SIGCONT)
+            time.sleep(0.05)
+    pytest.fail("the store stayed locked")
+
+
 def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
@@ -56,7 +73,7 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
         _wait_for(lambda: bool(statuses()), 120, first)
         # a second copy of the same sweep is refused while the first lives; the first is frozen meanwhile, so
         # on a slow machine it cannot finish all its points before the copy has started up
-        os.killpg(first.pid, signal.SIGSTOP)
+        _freeze(first.pid, tmp_path / "mlflow.db")
         try:
             dup = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         finally:
@@ -66,7 +83,7 @@ def test_killed_sweep_resumes_with_exactly_one_finished_child_per_point(tmp_path
         # group is frozen while the state is read, so the point cannot end between the look and the kill
         while True:
             _wait_for(lambda: "FINISHED" in statuses() and statuses() & IN_FLIGHT, 120, first)
-            os.killpg(first.pid, signal.SIGSTOP)
+            _freeze(first.pid, tmp_path / "mlflow.db")
             _, kids = _children(client, sweep.experiment)
             finished_before = {r.info.run_id for r in kids if r.info.status == "FINISHED"}
             in_flight = [r.info.run_id for r in kids if r.info.status in IN_FLIGHT]
