@@ -154,6 +154,17 @@ def test_k_tiles_fit_k_and_the_scale_groups():
     group64 = search_space.candidates("w8a16-int8-group64", 128)
     assert rs in group64 and {**rs, "BLOCK_K": 64} in group64
     assert not configs.spans_groups(configs.tma_config(64, 128, 128))
+    # accumulator-scaled variants: only where a group holds two or more K tiles, on tiles of <= 128 tokens (the
+    # second accumulator), never for row-wise weights
+    for kind_, gs in (("w8a16-fp8-group64", 64), ("w8a16-int8-group128", 128), ("w8a16-int8-group512", 512)):
+        for m in configs.M_BUCKETS:
+            cands = search_space.candidates(kind_, m)
+            acc = [c for c in cands if c.get("ACC_SCALE")]
+            assert all(c["backend"] == "gluon_rs" and c["BLOCK_M"] <= 128 and gs >= 2 * c["BLOCK_K"] for c in acc)
+            # each is offered beside its per-weight twin, so the tuner compares the two
+            assert all({k: v for k, v in c.items() if k != "ACC_SCALE"} in cands for c in acc)
+    assert any(c.get("ACC_SCALE") for c in search_space.candidates("w8a16-int8-group512", 128))
+    assert not any(c.get("ACC_SCALE") for m in configs.M_BUCKETS for c in search_space.candidates("w8a16-int8-row", m))
     gemv = configs.gemv_config(4, 1, 1024)
     assert configs.spans_groups(gemv) and not configs.spans_groups(configs.gemv_config(16, 4, 128))
     assert gemv in search_space.candidates("w8a16-int8-group64", 1)
