@@ -166,14 +166,10 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
             (_produce, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_begin, tiles_per_split,
                         BLOCK_K, STAGES, PDL)),
         ], [1], [40])[0]
-    elif ACC_SCALE:  # (no 'empty' barriers: `ready` stands in for the unused argument)
-        acc = _mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m,
-                                   off_n, N, kt_begin, tiles_per_split, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES,
-                                   PDL, False, num_warps)
-    else:
+    else:  # (no 'empty' barriers: `ready` stands in for the unused argument)
         acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, ready, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
                         kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, False,
-                        num_warps)
+                        ACC_SCALE, num_warps)
     if PDL:  # after the main loop: see qexp.kernels.pdl.launch_next
         _gdc_launch_dependents()
     for st in gl.static_range(STAGES):  # their shared memory may be reused by the epilogue
@@ -198,16 +194,33 @@ def _acc_layout(block_m, num_warps):
 def _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
               kt_begin, tiles_per_split, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr,
               BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
-              PRODUCER: gl.constexpr, num_warps: gl.constexpr):
+              PRODUCER: gl.constexpr, ACC_SCALE: gl.constexpr, num_warps: gl.constexpr):
     """acc (out.T tile, fp32) over this split's K tiles. The warps issue their own TMA loads, or with PRODUCER
-    a producer warp does (_produce) and each step frees its slot through `empty`."""
+    a producer warp does (_produce) and each step frees its slot through `empty`. Group scales go on each weight
+    pair (`_weight_scaled_loop`) or, with ACC_SCALE, on the accumulator (`_acc_scaled_loop`)."""
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
     if not PRODUCER:
         prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
                  BLOCK_K, STAGES, PDL)
+    if ACC_SCALE:
+        acc = _acc_scaled_loop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m,
+                               off_n, N, kt_begin, tiles_per_split, mma, a_l, nbytes, GROUP_SIZE, BLOCK_M, BLOCK_N,
+                               BLOCK_K, STAGES, PRODUCER, num_warps)
+    else:
+        acc = _weight_scaled_loop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m,
+                                  off_n, N, kt_begin, tiles_per_split, mma, a_l, nbytes, GROUPED, GROUP_SIZE, BLOCK_M,
+                                  BLOCK_N, BLOCK_K, STAGES, PRODUCER, num_warps)
+    return acc
 
+
+@gluon.jit
+def _weight_scaled_loop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
+                        N, kt_begin, tiles_per_split, mma: gl.constexpr, a_l: gl.constexpr, nbytes: gl.constexpr,
+                        GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                        BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PRODUCER: gl.constexpr, num_warps: gl.constexpr):
+    """The K loop with group scales (GROUPED) applied to each weight pair as it is converted."""
     s_hi = 0
     s_lo = 0
     offs_sn = 0
@@ -265,12 +278,9 @@ def _consume(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, s
              BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr, ACC_SCALE: gl.constexpr,
              num_warps: gl.constexpr):
     """Default partition (the consumer warp group) of the PRODUCER kernel; results as a tuple."""
-    if ACC_SCALE:
-        return (_mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg,
-                                     off_m, off_n, N, kt_begin, tiles, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES,
-                                     PDL, True, num_warps), )
     return (_mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
-                      kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, num_warps), )
+                      kt_begin, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, ACC_SCALE,
+                      num_warps), )
 
 
 @gluon.jit
@@ -316,23 +326,17 @@ def _release(i, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_b
 
 
 @gluon.jit
-def _mainloop_acc_scaled(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
-                         N, kt_begin, tiles_per_split, GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr,
-                         BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
-                         PRODUCER: gl.constexpr, num_warps: gl.constexpr):
-    """_mainloop for groups of T = GROUP_SIZE // BLOCK_K >= 2 tiles (the split holds whole groups), with the group
-    scales on the accumulator instead of on every weight: a group's wgmmas sum the unscaled weight into `part`
-    (converted as row-wise is), then acc += part * scale, one FMA per accumulator element per group instead of a
-    bf16x2 FMA pair per weight pair per tile. The next group's first tile is converted while the group's last
+def _acc_scaled_loop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n, N,
+                     kt_begin, tiles_per_split, mma: gl.constexpr, a_l: gl.constexpr, nbytes: gl.constexpr,
+                     GROUP_SIZE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                     STAGES: gl.constexpr, PRODUCER: gl.constexpr, num_warps: gl.constexpr):
+    """The K loop for groups of T = GROUP_SIZE // BLOCK_K >= 2 tiles (the split holds whole groups), with the
+    group scales on the accumulator instead of on every weight: a group's wgmmas sum the unscaled weight into
+    `part` (converted as row-wise is), then acc += part * scale, one FMA per accumulator element per group instead
+    of a bf16x2 FMA pair per weight pair per tile. The next group's first tile is converted while the group's last
     wgmma runs; only the wait for it and the FMAs are exposed. Not the reference's rounding (bf16(w * s) per
     element): fp32 products scaled once, as accurate or more."""
     T: gl.constexpr = GROUP_SIZE // BLOCK_K
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-    if not PRODUCER:
-        prologue(STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split,
-                 BLOCK_K, STAGES, PDL)
     offs_sn = (off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))) % N
     mbarrier.wait(ready.index(0), 0)
     a = _load_a(w_smem.index(0), a_l, 0, 0, False, BLOCK_N, BLOCK_K, num_warps)
