@@ -4,14 +4,11 @@ no register spills. K tiles holding several scale groups broadcast each (row, gr
 (a layout conversion asserted trivial); ACC_SCALE scales the accumulator instead of every weight pair. Each
 compile runs in a subprocess: a layout the compiler rejects can abort the process, not just raise."""
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from triton_interpreter import ROOT, run_python  # (tests/, beside this file)
 
 pytest.importorskip("triton.experimental.gluon")
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kernel_sass.py"
 
 SPANNING = [dict(GROUPED=True, GROUP_SIZE=64, BLOCK_K=128),  # two groups a tile
             dict(GROUPED=True, GROUP_SIZE=64, BLOCK_K=256, STAGES=3)]  # four
@@ -22,12 +19,11 @@ ACC = [dict(GROUPED=True, GROUP_SIZE=512, BLOCK_K=128, ACC_SCALE=True),  # four 
 
 def _sass(cfg, w, tmp_path):
     out = tmp_path / "k.sass"
-    cmd = [sys.executable, str(SCRIPT), "rs", "--w", w, "--sass", str(out),
-           "--cfg", ", ".join(f"{k}={v!r}" for k, v in cfg.items())]
+    args = [str(ROOT / "scripts" / "kernel_sass.py"), "rs", "--w", w, "--sass", str(out),
+            "--cfg", ", ".join(f"{k}={v!r}" for k, v in cfg.items())]
     if cfg.get("PRODUCER") and cfg.get("num_warps") == 8:
-        cmd += ["--maxnreg", "168"]  # as w8a16_rs launches it
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        args += ["--maxnreg", "168"]  # as w8a16_rs launches it
+    run_python(args, interpret=False)
     return out.read_text()
 
 
