@@ -1,4 +1,5 @@
-"""The register-operand wgmma kernel (gluon_w8a16_rs) compiled for sm_90a here, without a GPU, by
+"""The register-operand wgmma kernel (gluon_w8a16_rs) and the warp-specialized one (gluon_w8a16_ws) compiled for
+sm_90a here, without a GPU, by
 scripts/kernel_sass.py (Triton's bundled ptxas and nvdisasm): the layouts a CPU cannot run must still lower, with
 no register spills. K tiles holding several scale groups broadcast each (row, group) scale onto the weight pairs
 (a layout conversion asserted trivial); ACC_SCALE scales the accumulator instead of every weight pair. Each
@@ -17,12 +18,14 @@ ACC = [dict(GROUPED=True, GROUP_SIZE=512, BLOCK_K=128, ACC_SCALE=True),  # four 
             ACC_SCALE=True)]
 
 
-def _sass(cfg, w, tmp_path):
+def _sass(cfg, w, tmp_path, kernel="rs", maxnreg=None):
     out = tmp_path / "k.sass"
-    args = [str(ROOT / "scripts" / "kernel_sass.py"), "rs", "--w", w, "--sass", str(out),
+    args = [str(ROOT / "scripts" / "kernel_sass.py"), kernel, "--w", w, "--sass", str(out),
             "--cfg", ", ".join(f"{k}={v!r}" for k, v in cfg.items())]
     if cfg.get("PRODUCER") and cfg.get("num_warps") == 8:
-        args += ["--maxnreg", "168"]  # as w8a16_rs launches it
+        maxnreg = 168  # as w8a16_rs launches it
+    if maxnreg:
+        args += ["--maxnreg", str(maxnreg)]
     run_python(args, interpret=False)
     return out.read_text()
 
@@ -38,3 +41,22 @@ def test_rs_kernel_lowers_for_sm90a_without_spills(cfg, w, tmp_path):
         assert scaled_pairs == 0 and "FFMA" in sass
     else:
         assert scaled_pairs > 0
+
+
+WS = [dict(BLOCK_N=128, BLOCK_M=256, BLOCK_K=64, STAGES=4, num_warps=8),  # two MMA warp groups, 64 x 256 each
+      dict(BLOCK_N=64, BLOCK_M=128, BLOCK_K=64, STAGES=6, num_warps=4, SPLIT_K=2),  # (256 tokens: the sum spills)
+      dict(BLOCK_N=128, BLOCK_M=128, BLOCK_K=64, STAGES=6, num_warps=8, GROUPED=True, GROUP_SIZE=64, WSTAGES=3),
+      dict(BLOCK_N=128, BLOCK_M=128, BLOCK_K=64, STAGES=6, num_warps=8, CVT_WARPS=8),  # 16 warps: 128 registers
+      dict(BLOCK_N=64, BLOCK_M=256, BLOCK_K=64, STAGES=5, WSTAGES=4, num_warps=4, CVT_WARPS=8, CVT_SPLIT=True)]
+
+
+@pytest.mark.parametrize("w", ["int8", "fp8"])
+@pytest.mark.parametrize("cfg", WS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_ws_kernel_lowers_for_sm90a_with_registers_moved_to_the_mma_warps(cfg, w, tmp_path):
+    """At the register count w8a16_ws launches with (ptxas caps every partition at it), without spills; the
+    partitions resize their registers (setmaxnreg), and the wgmmas read both operands from shared memory."""
+    from qexp.kernels.gluon_w8a16_ws import launch_regs
+    sass = _sass(cfg, w, tmp_path, "ws", launch_regs(cfg["num_warps"], cfg.get("CVT_WARPS", 4)))
+    assert re.search(r"HGMMA\.64x\d+x16\.F32\.BF16 R\d+, gdesc\[", sass)  # A from shared memory, not registers
+    assert "USETMAXREG" in sass
+    assert not re.search(r"\b(STL|LDL)\b", sass), "register spills"

@@ -85,7 +85,7 @@ def test_config_lookup_and_candidates():
 
 
 def test_tma_ring_candidates_fit_in_shared_memory():
-    """Every candidate of the TMA-ring kernels (gluon_rs, skinny, gluon_w8a8) fits its ring of x and weight tiles
+    """Every candidate of the TMA-ring kernels (gluon_rs, skinny, gluon_w8a8, gluon_ws) fits its ring of x and weight tiles
     in the 227 KB a Hopper block may hold: a larger one only fails at launch (OutOfResources, one such candidate
     in the eleventh H200 session's tune: 6 x (128 x 128 x 2 + 64 x 128) = 245 760 bytes, 245 808 at launch)."""
     limit = 232448
@@ -94,9 +94,22 @@ def test_tma_ring_candidates_fit_in_shared_memory():
         x_bytes = 1 if kd.startswith("w8a8") else 2
         for m in configs.M_BUCKETS:
             for c in search_space.candidates(kd, m):
-                if c["backend"] in ("gluon_rs", "skinny", "gluon_w8a8"):
+                if c["backend"] in ("gluon_rs", "skinny", "gluon_w8a8", "gluon_ws"):
                     ring = c["num_stages"] * c["BLOCK_K"] * (c["BLOCK_M"] * x_bytes + c["BLOCK_N"])
-                    assert ring + 16 * c["num_stages"] <= limit, (kd, m, c)
+                    converted = c.get("WSTAGES", 0) * c["BLOCK_N"] * c["BLOCK_K"] * 2  # gluon_ws's bf16 tiles
+                    assert ring + converted + 16 * (c["num_stages"] + 2 * c.get("WSTAGES", 0)) <= limit, (kd, m, c)
+
+
+def test_ws_candidates_fit_the_registers_a_thread_gets_at_launch():
+    """gluon_ws launches every warp of its partitions at once, and ptxas caps each partition at that count: with
+    16 warps in all (128 registers) a 64 x 256 fp32 accumulator a warp group (128 a thread) cannot fit."""
+    from qexp.kernels.gluon_w8a16_ws import launch_regs
+    for kd in [configs.kind(wd, None, gs) for wd in (torch.int8, F8) for gs in (None, 64, 128)]:
+        for m in configs.M_BUCKETS:
+            for c in search_space.candidates(kd, m):
+                if c["backend"] == "gluon_ws":
+                    acc_regs = 64 * c["BLOCK_M"] // 128  # a warp group's 64 rows x BLOCK_M over 128 threads
+                    assert acc_regs + 24 <= launch_regs(c["num_warps"], c["CVT_WARPS"]), (kd, m, c)
 
 
 def test_shipped_tables_hold_only_tuner_candidates():
@@ -187,7 +200,7 @@ def test_tuned_table_is_complete_and_used():
             for m in configs.M_BUCKETS:
                 cfg = table[configs.key(kd, n, k, m)]
                 assert configs.lookup(kd, n, k, m, name) == cfg
-                tiled = ("triton", "tma", "gluon", "gluon_rs", "skinny", "gemv", "gemv_gl", "gluon_w8a8")
+                tiled = ("triton", "tma", "gluon", "gluon_rs", "gluon_ws", "skinny", "gemv", "gemv_gl", "gluon_w8a8")
                 assert cfg["backend"] in tiled + ("dequant_mm", "scaled_mm", "scaled_mm_fast")
                 if cfg["backend"] in tiled:
                     assert {"BLOCK_N", "BLOCK_M", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"} <= cfg.keys()
@@ -470,6 +483,38 @@ def test_rs_w8a16_matches_reference(cfg, dtype, gran, gs, m):
     offset x view, bias, split-K, several M tiles, K tiles spanning scale groups (128-wide tiles on 64-wide
     groups); called twice so the split-K arrival counters are seen reset."""
     _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 57), gs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [configs.gluon_ws_config(128, 256, 64),
+                                 configs.gluon_ws_config(128, 256, 64, stages=3, wstages=3),
+                                 configs.gluon_ws_config(128, 128, 128, stages=3),
+                                 # one MMA warp group; split-K
+                                 configs.gluon_ws_config(64, 256, 64, warps=4, split_k=2),
+                                 configs.gluon_ws_config(64, 128, 64, warps=4, split_k=2, stages=6),
+                                 # fewer K tiles a split than ring slots (the prologue's and refills' predicates)
+                                 configs.gluon_ws_config(128, 128, 64, split_k=16, stages=6),
+                                 # ungrouped token tiles
+                                 configs.gluon_ws_config(128, 128, 64, stages=6, group_m=0),
+                                 # two converter warp groups
+                                 configs.gluon_ws_config(64, 256, 64, warps=4, cvt_warps=8),
+                                 configs.gluon_ws_config(128, 128, 64, split_k=2, stages=6, cvt_warps=8),
+                                 # two converter partitions (even and odd K tiles); 4 bf16 tiles; split-K
+                                 configs.gluon_ws_config(64, 256, 64, warps=4, stages=5, wstages=4, cvt_warps=8,
+                                                         cvt_split=True),
+                                 configs.gluon_ws_config(128, 128, 64, split_k=4, stages=6, wstages=4, cvt_warps=8,
+                                                         cvt_split=True),
+                                 configs.gluon_ws_config(64, 256, 128, warps=4, stages=2, cvt_warps=8),
+                                 # 128 weight rows on one MMA warp group
+                                 configs.gluon_ws_config(128, 128, 64, warps=4, stages=6, cvt_warps=8,
+                                                         cvt_split=True)],
+                         ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
+@pytest.mark.parametrize("m", [5, 70, 300])
+def test_ws_w8a16_matches_reference(cfg, dtype, gran, gs, m):
+    """Warp-specialized kernel (converter warp group, wgmma-only warps): every weight format, ragged M and N,
+    offset x view, bias, split-K, several M tiles; called twice so the split-K arrival counters are seen reset."""
+    _assert_matches(cfg, _ragged_case(m, dtype, gran, gs, m + 91), gs)
 
 
 @pytest.mark.gpu

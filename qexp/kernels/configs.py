@@ -73,6 +73,18 @@ def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False, ac
     return {**cfg, **({"PRODUCER": True} if producer else {}), **({"ACC_SCALE": True} if acc_scale else {})}
 
 
+def gluon_ws_config(bn, bm, bk, split_k=1, warps=8, stages=4, wstages=2, group_m=8, cvt_warps=4,
+                    cvt_split=False) -> dict:
+    """W8A16 config for the warp-specialized kernel (gluon_w8a16_ws, sm_90+): cvt_warps converter warps write
+    bf16 weight tiles (wstages deep) for warps that only issue wgmma; BLOCK_N = 64 weight rows per MMA warp group,
+    BLOCK_M <= 256 tokens (128 with 16 warps in all: 128 registers a thread); group_m: token tiles walked per
+    weight strip (x's reads from HBM, as gluon_w8a8); cvt_split: the converter warps as two partitions taking
+    even and odd K tiles (wstages even)."""
+    cfg = {"backend": "gluon_ws", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
+           "num_warps": warps, "num_stages": stages, "WSTAGES": wstages, "GROUP_M": group_m, "CVT_WARPS": cvt_warps}
+    return {**cfg, "CVT_SPLIT": True} if cvt_split else cfg
+
+
 def gluon_w8a8_config(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:
     """W8A8 tile config for the Gluon kernel that keeps a wgmma in flight (gluon_w8a8, sm_90+); group_m: programs
     walk that many token tiles across every weight tile (x read from HBM about once at prefill sizes)."""

@@ -3,6 +3,8 @@
   tma         the same GEMM with its tiles fetched by the TMA engine (triton_qmm_tma, sm_90+)
   gluon       W8A16 GEMM with a hand-made pipeline: convert overlaps the tensor cores (gluon_w8a16, sm_90+)
   gluon_rs    W8A16 for M >= 64: wgmma with the weight converted in its operand registers (gluon_w8a16_rs)
+  gluon_ws    W8A16 for large M: a converter warp group feeds bf16 weight tiles to wgmma-only warps
+              (gluon_w8a16_ws)
   gluon_w8a8  W8A8 for M >= 64, one wgmma kept in flight also for int8 (gluon_w8a8, sm_90+)
   skinny      W8A16 for small M: mma.sync on the weight converted in its operand registers (gluon_skinny, sm_90+)
   gemv        CUDA-core GEMV for decode (triton_qgemv); for W8A8 the per-token activation quant is fused in
@@ -49,6 +51,11 @@ try:  # the register-operand wgmma kernel (shares gluon_skinny's helpers); else 
     from qexp.kernels import gluon_w8a16_rs
 except ImportError:
     gluon_w8a16_rs = None
+
+try:  # the warp-specialized W8A16 kernel; else gluon_ws configs run as tma
+    from qexp.kernels import gluon_w8a16_ws
+except ImportError:
+    gluon_w8a16_ws = None
 
 try:  # Gluon W8A8; else gluon_w8a8 configs run as tma
     from qexp.kernels import gluon_w8a8
@@ -106,11 +113,12 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
     if cfg["backend"] == "gemv_gl" and not (gluon_gemv is not None and act_dtype is None and m == 1
                                             and x.dtype == torch.bfloat16):
         cfg = {**cfg, "backend": "gemv"}  # the same tile in the Triton GEMV
-    if cfg["backend"] in ("gluon", "gluon_rs") and (
-            {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs}[cfg["backend"]] is None or act_dtype is not None
-            or x.dtype != torch.bfloat16):
+    gluon_w8a16_kernels = {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs, "gluon_ws": gluon_w8a16_ws}
+    if cfg["backend"] in gluon_w8a16_kernels and (
+            gluon_w8a16_kernels[cfg["backend"]] is None or act_dtype is not None or x.dtype != torch.bfloat16):
         cfg = {**cfg, "backend": "tma"}
-    if cfg["backend"] in ("tma", "gluon", "gluon_rs") and (triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
+    if cfg["backend"] in ("tma", *gluon_w8a16_kernels) and (
+            triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
         cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:
         if pre_scale is not None:
@@ -124,6 +132,8 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
             out = gluon_w8a16.w8a16_gluon(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "gluon_rs":
             out = gluon_w8a16_rs.w8a16_rs(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
+        elif cfg["backend"] == "gluon_ws":
+            out = gluon_w8a16_ws.w8a16_ws(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "gemv_gl":
             out = gluon_gemv.gemv(x2, w_q, w_scale, cfg, group_size=gs, bias=bias)
         elif cfg["backend"] == "skinny":

@@ -13,6 +13,7 @@ from qexp.kernels.configs import (
     gluon_config,
     gluon_w8a8_config,
     gluon_rs_config,
+    gluon_ws_config,
     skinny_config,
     tma_config,
     triton_config,
@@ -87,7 +88,7 @@ def candidates(kind_: str, m: int) -> list[dict]:
     if not a8 and b == 1:
         out += _gemv_gl_candidates()
     if not a8:
-        out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b)
+        out += _gluon_candidates(b) + _skinny_candidates(b) + _rs_candidates(b) + _ws_candidates(b)
     if kind_.startswith("w8a16-int8") and b >= 16:  # int8 convert: bit trick (default) or Triton's own, per tile
         out += [{**c, "FAST_I8": False} for c in out if c["backend"] == "triton"]
     if kind_ == "w8a8-fp8":
@@ -321,6 +322,20 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(128, 128, 64, warps=8, stages=5, producer=True),
         ]
     return []
+
+
+def _ws_candidates(b: int) -> list[dict]:
+    """The warp-specialized kernel on 256-token tiles of 64 weight rows. Kept: the two configs that won cells in
+    its first H100 tune (2026-12-06, 14 cells at M=1024, one at 256, none at 128 or 4096): eight converter warps
+    as two partitions taking even and odd K tiles, and one converter warp group. Tried there and dropped
+    (BENCHMARKS.md): two MMA warp groups on 128 weight rows, 3-4 bf16 tiles in flight, 128-wide K tiles, split-K,
+    128-token tiles."""
+    if b < 256:
+        return []
+    return [
+        gluon_ws_config(64, 256, 64, warps=4, stages=5, cvt_warps=8, cvt_split=True),
+        gluon_ws_config(64, 256, 64, warps=4),
+    ]
 
 
 def _gluon_a8_candidates(b: int) -> list[dict]:
