@@ -474,7 +474,10 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs.gluon_rs_config(64, 64, 128, split_k=2, stages=6, acc_scale=True),
                                  configs.gluon_rs_config(64, 128, 64, split_k=4, stages=5, producer=True,
                                                          acc_scale=True),
-                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=5, acc_scale=True)],
+                                 configs.gluon_rs_config(128, 128, 64, warps=8, stages=5, acc_scale=True),
+                                 # one and two token tiles a program group (M=300: two 256-token tiles)
+                                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=1),
+                                 configs.gluon_rs_config(64, 128, 64, stages=4, group_m=2)],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])

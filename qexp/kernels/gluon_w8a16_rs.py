@@ -393,5 +393,5 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     acc_scale = (cfg.get("ACC_SCALE", False) and p.grouped and group_size >= 2 * p.bk
                  and p.tiles_per_split % (group_size // p.bk) == 0)
     _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
-                       ACC_SCALE=acc_scale, **p.constexprs, **regs)
+                       ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8), **p.constexprs, **regs)
     return p.out

@@ -320,7 +320,10 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(128, 256, 64, warps=8, producer=True),
             gluon_rs_config(128, 256, 64, warps=8, stages=3, producer=True),
             gluon_rs_config(128, 128, 64, warps=8, stages=5, producer=True),
-        ]
+        ] + [  # the M=4096 winner walking fewer or more token tiles per weight strip (L2 reuse of x and weight:
+            # gluon_ws at M=4096 ran 0.54x bf16 ungrouped, 0.59-0.61x at 8, 0.72-0.76x at 2: probe_ws_raster.py)
+            gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=g) for g in (1, 2, 4, 16)
+        ] + [gluon_rs_config(128, 256, 64, warps=8, stages=3, group_m=g) for g in (2, 4)]
     return []
 
 
