@@ -31,11 +31,16 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels.gluon_skinny import _scale_bias_t, bf16_asm, e4m3_asm, epilogue_operands
+from qexp.kernels.gluon_skinny import (
+    _scale_bias_t,
+    bf16_asm,
+    e4m3_asm,
+    epilogue_operands,
+)
 from qexp.kernels.gluon_w8a16 import (
     _fetch,
-    _gdc_wait,
     _gdc_launch_dependents,
+    _gdc_wait,
     plan,
     program_tile,
     prologue,
@@ -147,12 +152,9 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
                GROUP_M: gl.constexpr = 8, ACC_SCALE: gl.constexpr = False):
-    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
-
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
-    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready = swap_ab_program(
+        x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED, HAS_BIAS, BLOCK_M, BLOCK_N,
+        BLOCK_K, STAGES, GROUP_M, num_warps)
     if PRODUCER:
         # a producer warp issues every TMA load (the consumers free ring slots through 'empty' barriers), so the
         # consumer warp group's K step carries no TMA issue and no CTA-wide barrier
@@ -177,8 +179,31 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         if PRODUCER:  # (the producer's last barrier operation came before the consumer's last wait)
             mbarrier.invalidate(empty.index(st))
 
+    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
+
+
+@gluon.jit
+def swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED: gl.constexpr,
+                    HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                    STAGES: gl.constexpr, GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+    """What a swap-AB program (out.T tiles: gluon_rs, gluon_ws) starts with: its tile (program_tile), its epilogue's
+    scales and bias (loaded before the main loop) and its TMA ring."""
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
+    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+    return pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready
+
+
+@gluon.jit
+def swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+    """Split-K sum of the out.T tile (split_k_sum); the last split scales, adds the bias and stores it."""
     last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K,
-                              mma)
+                              _acc_layout(BLOCK_M, num_warps))
     if last:
         _store_t(_scale_bias_t(total, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
                  BLOCK_N, BLOCK_M, num_warps)

@@ -20,7 +20,6 @@ group beat gluon_rs on group-wise weights at M=1024 by up to 19 %, and lost at M
 from __future__ import annotations
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -30,9 +29,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from qexp.kernels.gluon_skinny import _scale_bias_t, _to_bf16, epilogue_operands
-from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, plan, program_tile, prologue, ring, split_k_sum
-from qexp.kernels.gluon_w8a16_rs import _SCALE, _acc_layout, _store_t
+from qexp.kernels.gluon_skinny import _to_bf16
+from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, plan, prologue
+from qexp.kernels.gluon_w8a16_rs import (
+    _SCALE,
+    _acc_layout,
+    swap_ab_epilogue,
+    swap_ab_program,
+)
 
 CVT_REGS = gl.constexpr(96)  # the converter's registers a thread (setmaxnreg)
 
@@ -44,12 +48,9 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, WSTAGES: gl.constexpr = 2, GROUP_M: gl.constexpr = 8,
                CVT_WARPS: gl.constexpr = 4, CVT_SPLIT: gl.constexpr = False):
-    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
-
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
-    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready = swap_ab_program(
+        x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED, HAS_BIAS, BLOCK_M, BLOCK_N,
+        BLOCK_K, STAGES, GROUP_M, num_warps)
     wb_smem = gl.allocate_shared_memory(gl.bfloat16, [WSTAGES, BLOCK_N, BLOCK_K],
                                         gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.bfloat16))
     wready = _barriers(WSTAGES)  # bf16 tile written
@@ -84,10 +85,8 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         mbarrier.invalidate(wready.index(st))
         mbarrier.invalidate(wempty.index(st))
 
-    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K, mma)
-    if last:
-        _store_t(_scale_bias_t(total, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
-                 BLOCK_N, BLOCK_M, num_warps)
+    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
 
 
 @gluon.jit
