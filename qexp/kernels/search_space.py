@@ -329,7 +329,7 @@ def _rs_candidates(b: int) -> list[dict]:
 
 def _ws_candidates(b: int) -> list[dict]:
     """The warp-specialized kernel on 256-token tiles of 64 weight rows. Kept: the two configs that won cells in
-    its first H100 tune (2026-12-06, 14 cells at M=1024, one at 256, none at 128 or 4096): eight converter warps
+    its first H100 tunes (2026-12-06: 27 cells at M=1024, one at 256, none at 128 or 4096): eight converter warps
     as two partitions taking even and odd K tiles, and one converter warp group. Tried there and dropped
     (BENCHMARKS.md): two MMA warp groups on 128 weight rows, 3-4 bf16 tiles in flight, 128-wide K tiles, split-K,
     128-token tiles."""
