@@ -63,6 +63,8 @@ except ImportError:
     gluon_w8a8 = None
 
 _W_DTYPES = (torch.int8, torch.float8_e4m3fn)
+# the Gluon W8A16 GEMMs by backend name (None where Gluon is missing: their configs run as tma)
+_GLUON_W8A16 = {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs, "gluon_ws": gluon_w8a16_ws}
 _ACT = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
@@ -113,11 +115,10 @@ def quantized_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
     if cfg["backend"] == "gemv_gl" and not (gluon_gemv is not None and act_dtype is None and m == 1
                                             and x.dtype == torch.bfloat16):
         cfg = {**cfg, "backend": "gemv"}  # the same tile in the Triton GEMV
-    gluon_w8a16_kernels = {"gluon": gluon_w8a16, "gluon_rs": gluon_w8a16_rs, "gluon_ws": gluon_w8a16_ws}
-    if cfg["backend"] in gluon_w8a16_kernels and (
-            gluon_w8a16_kernels[cfg["backend"]] is None or act_dtype is not None or x.dtype != torch.bfloat16):
+    if cfg["backend"] in _GLUON_W8A16 and (
+            _GLUON_W8A16[cfg["backend"]] is None or act_dtype is not None or x.dtype != torch.bfloat16):
         cfg = {**cfg, "backend": "tma"}
-    if cfg["backend"] in ("tma", *gluon_w8a16_kernels) and (
+    if cfg["backend"] in ("tma", *_GLUON_W8A16) and (
             triton_qmm_tma is None or not triton_qmm_tma.supported(x2, w_q)):
         cfg = {**cfg, "backend": "triton"}  # same tiles, pointer loads
     if act_dtype is None:

@@ -191,10 +191,16 @@ def ring(x_desc, w_desc, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: 
     """Shared-memory ring of STAGES x and weight tiles, and each slot's 'ready' mbarrier (TMA completion)."""
     x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for st in gl.static_range(STAGES):
-        mbarrier.init(ready.index(st), count=1)
-    return x_smem, w_smem, ready
+    return x_smem, w_smem, barriers(STAGES)
+
+
+@gluon.jit
+def barriers(n: gl.constexpr):
+    """n mbarriers, each completed by one arrive (or one TMA transaction count)."""
+    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(n):
+        mbarrier.init(bars.index(st), count=1)
+    return bars
 
 
 @gluon.jit
@@ -261,6 +267,13 @@ def tma_descriptors(x: torch.Tensor, w_q: torch.Tensor, bm: int, bn: int, bk: in
         return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], [rows, bk],
                                 gl.NVMMASharedLayout.get_default_for([rows, bk], _GL_DTYPE[t.dtype]))
     return desc(x, bm), desc(w_q, bn)
+
+
+def regs_at_launch(warps: int) -> int:
+    """maxnreg for a warp-specialized launch of `warps` warps (a one-warp partition counts as a warp group's four):
+    each thread's registers at launch must fit the SM's 64k. ptxas caps every partition at this count, setmaxnreg
+    or not (C7602)."""
+    return min(65536 // (32 * warps), 255) // 8 * 8
 
 
 @dataclass

@@ -41,9 +41,11 @@ from qexp.kernels.gluon_w8a16 import (
     _fetch,
     _gdc_launch_dependents,
     _gdc_wait,
+    barriers,
     plan,
     program_tile,
     prologue,
+    regs_at_launch,
     ring,
     split_k_sum,
 )
@@ -158,9 +160,7 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
     if PRODUCER:
         # a producer warp issues every TMA load (the consumers free ring slots through 'empty' barriers), so the
         # consumer warp group's K step carries no TMA issue and no CTA-wide barrier
-        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for st in gl.static_range(STAGES):
-            mbarrier.init(empty.index(st), count=1)
+        empty = barriers(STAGES)
         acc = gl.warp_specialize([  # (the default partition's results come back as a tuple)
             (_consume, (x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
                         N, kt_begin, tiles_per_split, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL,
@@ -411,9 +411,9 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
     p = plan(x, w_q, w_scale, cfg, group_size, bias, span_groups=True)
     producer = cfg.get("PRODUCER", False)
-    # the producer's warp group (one warp working) takes 40 registers; at launch every thread gets maxnreg, so
-    # eight consumer warps + four need it at 168 (65536 / 384), and the consumers then grow to 240
-    regs = {"maxnreg": 168} if producer and cfg["num_warps"] == 8 else {}
+    # the producer's warp group (one warp working) takes 40 registers, but at launch every thread gets maxnreg:
+    # eight consumer warps + four need it at 168 (65536 / 384), and ptxas holds the consumers to that
+    regs = {"maxnreg": regs_at_launch(cfg["num_warps"] + 4)} if producer and cfg["num_warps"] == 8 else {}
     # scales on the accumulator: groups of two or more K tiles, each split holding whole groups; else per weight
     acc_scale = (cfg.get("ACC_SCALE", False) and p.grouped and group_size >= 2 * p.bk
                  and p.tiles_per_split % (group_size // p.bk) == 0)

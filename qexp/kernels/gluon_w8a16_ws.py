@@ -30,7 +30,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from qexp.kernels.gluon_skinny import _to_bf16
-from qexp.kernels.gluon_w8a16 import _fetch, _gdc_launch_dependents, plan, prologue
+from qexp.kernels.gluon_w8a16 import (
+    _fetch,
+    _gdc_launch_dependents,
+    barriers,
+    plan,
+    prologue,
+    regs_at_launch,
+)
 from qexp.kernels.gluon_w8a16_rs import (
     _SCALE,
     _acc_layout,
@@ -53,8 +60,8 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         BLOCK_K, STAGES, GROUP_M, num_warps)
     wb_smem = gl.allocate_shared_memory(gl.bfloat16, [WSTAGES, BLOCK_N, BLOCK_K],
                                         gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.bfloat16))
-    wready = _barriers(WSTAGES)  # bf16 tile written
-    wempty = _barriers(WSTAGES)  # bf16 tile read by its wgmma
+    wready = barriers(WSTAGES)  # bf16 tile written
+    wempty = barriers(WSTAGES)  # bf16 tile read by its wgmma
     prologue(STAGES, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, BLOCK_K,
              STAGES, PDL)
     if CVT_SPLIT:  # two converter partitions, even and odd tiles (WSTAGES even: each has its own buffers), so one
@@ -87,14 +94,6 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
 
     swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
                      stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
-
-
-@gluon.jit
-def _barriers(n: gl.constexpr):
-    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
-    for st in gl.static_range(n):
-        mbarrier.init(bars.index(st), count=1)
-    return bars
 
 
 @gluon.jit
@@ -159,9 +158,8 @@ def _convert_loop(w_smem, wb_smem, ready, wready, wempty, ws_ptr, off_n, N, stri
 
 
 def launch_regs(num_warps: int, cvt_warps: int = 4) -> int:
-    """Registers a thread at launch: the MMA warps and the converter's warp groups must fit the SM's 64k
-    (setmaxnreg then moves registers from the converter to the MMA warps)."""
-    return min(65536 // (32 * (num_warps + cvt_warps)), 255) // 8 * 8
+    """maxnreg of a launch with num_warps MMA warps and cvt_warps converter warps (regs_at_launch)."""
+    return regs_at_launch(num_warps + cvt_warps)
 
 
 def w8a16_ws(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
