@@ -71,6 +71,37 @@ def test_cpu_dispatch_is_the_reference():
                        reference.quantized_linear(x, w_q, w_s, group_size=32))
 
 
+def _tile_offsets(ll, shape):
+    from qexp.kernels.gluon_w8a16 import _thread_major
+    rows, cols = _thread_major(ll, 0), _thread_major(ll, 1)
+    scatter = lambda i, w: sum(((i >> b) & 1) * wb for b, wb in enumerate(w))
+    return [[scatter(r, rows) + scatter(c, cols) for c in range(shape[1])] for r in range(shape[0])]
+
+
+def test_split_k_partials_are_laid_out_thread_major():
+    """split_k_sum's partial offsets (gluon_w8a16._thread_major): every element of the tile gets its own offset in
+    [0, R * C), and the 32 lanes of a warp holding one register land on 32 consecutive words (one cache line
+    a store). Layouts: the wgmma accumulator of 4 warps (64 x 16: 16 rows a warp, lanes over 8 rows x 4 column
+    pairs), and one whose last lane bit copies (broadcast) a 16-row tile."""
+    from triton.experimental.gluon import language as gl
+    acc = gl.DistributedLinearLayout(reg_bases=[[0, 1], [8, 0], [0, 8]],
+                                     lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+                                     warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 16])
+    copies = gl.DistributedLinearLayout(reg_bases=[[0, 1]], lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [0, 0]],
+                                        warp_bases=[[4, 0], [8, 0]], block_bases=[], shape=[16, 8])
+    for ll, shape in ((acc, (64, 16)), (copies, (16, 8))):
+        offs = _tile_offsets(ll, shape)
+        assert sorted(o for row in offs for o in row) == list(range(shape[0] * shape[1]))
+        # lane i of warp 0, register 0 (element at the XOR of lane i's set bits): offset i, for the 16 lanes
+        # that hold distinct elements in both layouts
+        for lane in range(16):
+            r = c = 0
+            for i, (dr, dc) in enumerate(ll.lane_bases):
+                if lane >> i & 1:
+                    r, c = r ^ dr, c ^ dc
+            assert offs[r][c] == lane
+
+
 def test_config_lookup_and_candidates():
     assert [configs.m_bucket(m) for m in (1, 2, 16, 17, 100, 129, 300, 5000)] == [1, 16, 16, 64, 128, 256, 1024,
                                                                                     4096]

@@ -160,14 +160,19 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     the split that arrives last sums all partials in split order (deterministic) and re-arms the tile's arrival
     counter. Returns (last, total); total is the sum only where last. With SPLIT_K == 1: (True, acc), no memory
     traffic, so a kernel ends the same way with or without split-K.
+    Partials are laid out thread-major (`_thread_major`), not as the tile's rows: written and read only here, in
+    the same layout. In the wgmma accumulator's layout a warp's store touched 8 rows (8 cache lines; ncu, 128 x 256
+    tiles split in two: half the samples of the whole kernel stalled on the load/store queue after the main loop).
     The last split reads the partials two per L2 round trip (a loop over splits took one round trip each, ~1.3 us
     per split on the H200; more in flight spill registers at 4 warps), and re-arms with a relaxed atomic (the
     default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its PDL wait, so after
     this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
-    tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
-        gl.arange(0, C, layout=gl.SliceLayout(0, layout))[None, :]
+    rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
+    cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
+    tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
+        _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
     split_stride = (num_tiles * R * C).to(gl.int64)
     part = part_ptr + pid.to(gl.int64) * (R * C) + tile
     gl.store(part + pid_k * split_stride, acc)
@@ -186,6 +191,34 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
                 gl.thread_barrier()  # loads cannot move above it: two partials in flight at most
         gl.atomic_xchg(count_ptr + pid, 0, sem="relaxed")
     return last, total
+
+
+@triton.constexpr_function
+def _thread_major(ll, dim):
+    """Offset weights of dimension `dim`'s index bits such that element (r, c) of a tile in linear layout `ll` sits
+    at rows[r] + cols[c] = (register index) * threads + (warp * 32 + lane): a warp's store of one register is 32
+    consecutive words. Each layout basis moves one index bit (the wgmma / mma.sync accumulators); bases that move
+    none (broadcast copies) take no offset bit, so the offsets fill [0, R * C)."""
+    weights, bit = {}, 0
+    for basis in [*ll.lane_bases, *ll.warp_bases, *ll.reg_bases]:
+        moved = [(d, v) for d, v in enumerate(basis) if v]
+        if not moved:
+            continue
+        assert len(moved) == 1 and moved[0][1] & (moved[0][1] - 1) == 0, f"not a bit permutation: {basis}"
+        d, v = moved[0]
+        if d == dim:
+            weights[v.bit_length() - 1] = 1 << bit
+        bit += 1
+    return [weights.get(b, 0) for b in range(max(weights, default=-1) + 1)]
+
+
+@gluon.jit
+def _bit_scatter(idx, WEIGHTS: gl.constexpr):
+    """sum over bits b of idx: bit b times WEIGHTS[b]."""
+    out = idx * 0
+    for b in gl.static_range(len(WEIGHTS)):
+        out += ((idx >> b) & 1) * WEIGHTS[b]
+    return out
 
 
 @gluon.jit
