@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +154,9 @@ def tile_offsets(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP
     return num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
+_PARTIALS_BY_ROW = gl.constexpr(os.environ.get("QEXP_SPLIT_K_PARTIALS", "thread") == "rows")
+
+
 @gluon.jit
 def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr, C: gl.constexpr,
                 SPLIT_K: gl.constexpr, layout: gl.constexpr):
@@ -169,10 +173,14 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
-    rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
-    cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
-    tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
-        _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
+    if _PARTIALS_BY_ROW:  # (A/B: QEXP_SPLIT_K_PARTIALS=rows, the layout before thread-major)
+        tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
+            gl.arange(0, C, layout=gl.SliceLayout(0, layout))[None, :]
+    else:
+        rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
+        cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
+        tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
+            _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
     split_stride = (num_tiles * R * C).to(gl.int64)
     part = part_ptr + pid.to(gl.int64) * (R * C) + tile
     gl.store(part + pid_k * split_stride, acc)
