@@ -157,7 +157,7 @@ def main():
     ap.add_argument("--backend", default=None,
                     help="with --tune: try only this backend's candidates against the current tuned choice")
     ap.add_argument("--with-key", default=None,
-                    help="with --tune: try only candidates that set this config key (e.g. TAIL_SPLIT) against the "
+                    help="with --tune: try only candidates that set this config key (e.g. GROUP_M) against the "
                          "current tuned choice")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")

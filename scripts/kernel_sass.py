@@ -52,7 +52,7 @@ def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str =
     import importlib
     mod, name, _ = KERNELS[kernel]
     fn = getattr(importlib.import_module(mod), name)
-    own = {p.name: p.default for p in fn.params if p.has_default and p.is_constexpr}  # as its launcher leaves them
+    own = {p.name: p.default for p in fn.params if p.has_default}  # the kernel's defaults, as its launcher leaves them
     const = {**DEFAULTS, **(GEMV_DEFAULTS if kernel.startswith("gemv") else {}), **own, **cfg}
     wdt, gw = ("i8", gl.int8) if w == "int8" else ("fp8e4nv", gl.float8e4nv)
     if kernel == "w8a8":  # x quantized to the weight's dtype
@@ -62,7 +62,7 @@ def compile_kernel(kernel: str, w: str, cfg: dict, maxnreg: int | None, x: str =
     sig = {"x_desc": _desc(x, const["BLOCK_M"], const["BLOCK_K"], xdt), "xs_ptr": "*fp32",
            "w_desc": _desc(wdt, const["BLOCK_N"], const["BLOCK_K"], gw), "out_ptr": "*bf16", "ws_ptr": "*fp32",
            "bias_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
-           "stride_om": "i32", "stride_wsn": "i32", "stride_wsg": "i32", "tiles_per_split": "i32", "full_tiles": "i32",
+           "stride_om": "i32", "stride_wsn": "i32", "stride_wsg": "i32", "tiles_per_split": "i32",
            "x_ptr": "*bf16", "w_ptr": f"*{wdt}", "nw_ptr": "*bf16", "eps": "fp32", "stride_wn": "i32"}
     const = {c: v for c, v in const.items() if c in fn.arg_names}
     sig.update({c: "constexpr" for c in const})

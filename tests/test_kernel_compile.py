@@ -60,20 +60,3 @@ def test_ws_kernel_lowers_for_sm90a_with_registers_moved_to_the_mma_warps(cfg, w
     assert re.search(r"HGMMA\.64x\d+x16\.F32\.BF16 R\d+, gdesc\[", sass)  # A from shared memory, not registers
     assert "USETMAXREG" in sass
     assert not re.search(r"\b(STL|LDL)\b", sass), "register spills"
-
-
-@pytest.mark.parametrize("kernel,cfg", [
-    ("rs", dict(BLOCK_N=128, BLOCK_M=256, BLOCK_K=64, num_warps=8)),
-    ("rs", dict(BLOCK_N=128, BLOCK_M=256, BLOCK_K=64, num_warps=8, PRODUCER=True)),
-    ("ws", dict(BLOCK_N=64, BLOCK_M=256, BLOCK_K=64, STAGES=5, num_warps=4, CVT_WARPS=8, CVT_SPLIT=True))],
-    ids=lambda c: c if isinstance(c, str) else "-".join(f"{k}={v}" for k, v in c.items()))
-def test_tail_split_compiles_the_split_k_sum_in(kernel, cfg, tmp_path):
-    """TAIL_SPLIT brings in the split-K sum (its arrival-counter atomic) that the same tile without it has none
-    of; 8-warp gluon_rs tiles still without spills (4-warp 256-token tiles spill in the sum, as SPLIT_K does)."""
-    from qexp.kernels.gluon_w8a16_ws import launch_regs
-    regs = launch_regs(cfg["num_warps"], cfg.get("CVT_WARPS", 4)) if kernel == "ws" else None
-    plain = _sass(cfg, "int8", tmp_path, kernel, regs)
-    tail = _sass({**cfg, "TAIL_SPLIT": 2}, "int8", tmp_path, kernel, regs)
-    assert "ATOMG" not in plain and "ATOMG" in tail and "HGMMA" in tail
-    if kernel == "rs":
-        assert not re.search(r"\b(STL|LDL)\b", tail), "register spills"

@@ -552,30 +552,6 @@ def test_ws_w8a16_matches_reference(cfg, dtype, gran, gs, m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", [configs.gluon_rs_config(128, 256, 64, warps=8, tail_split=2),
-                                 configs.gluon_rs_config(64, 256, 64, stages=4, producer=True, tail_split=4),
-                                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, tail_split=8),
-                                 configs.gluon_rs_config(64, 128, 64, stages=5, acc_scale=True, tail_split=2),
-                                 configs.gluon_ws_config(64, 256, 64, warps=4, stages=5, cvt_warps=8,
-                                                         cvt_split=True, tail_split=2),
-                                 configs.gluon_ws_config(64, 256, 64, warps=4, tail_split=4)],
-                         ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("dtype,gran,gs", RECIPES)
-@pytest.mark.parametrize("m,wave", [(5, 4), (300, 4), (300, 64)])
-def test_tail_split_matches_reference(cfg, dtype, gran, gs, m, wave, monkeypatch):
-    """TAIL_SPLIT: with the SM count patched to `wave`, whole waves of tiles take all of K and the tiles past them
-    are split along K (e.g. 5 tiles: 4 + 1, 18: 16 + 2; with a wave larger than the tile count, every tile is
-    split); each weight format, ragged M and N, bias; called twice (the tail's arrival counters reset)."""
-    from qexp.kernels import gluon_w8a16
-    monkeypatch.setattr(gluon_w8a16, "sm_count", lambda index: wave)
-    case = _ragged_case(m, dtype, gran, gs, m + wave)
-    q, s, x = case[:3]
-    p = gluon_w8a16.plan(x, q, s, cfg, gs, None, span_groups=True)
-    assert p.tail and p.full_tiles == p.tiles // wave * wave and p.grid[0] > p.tiles
-    _assert_matches(cfg, case, gs)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs.gluon_rs_config(64, 128, 128, split_k=2, acc_scale=True),
                                  configs.gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True,
                                                          acc_scale=True)],

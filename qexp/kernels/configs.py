@@ -64,33 +64,27 @@ def skinny_config(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
-def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False, acc_scale=False, group_m=8,
-                    tail_split=1) -> dict:
+def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False, acc_scale=False, group_m=8) -> dict:
     """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
     16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens; producer: a warp of its own issues the
     TMA loads; acc_scale: group scales applied to the accumulator once per group (groups of >= 2 K tiles);
-    group_m: token tiles a program group walks across every weight strip (the kernel's default 8 is left out);
-    tail_split: the tiles past the last whole wave of SMs split that many ways along K (gluon_w8a16.plan)."""
+    group_m: token tiles a program group walks across every weight strip (the kernel's default 8 is left out)."""
     cfg = {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
            "num_warps": warps, "num_stages": stages}
     return {**cfg, **({"PRODUCER": True} if producer else {}), **({"ACC_SCALE": True} if acc_scale else {}),
-            **({"GROUP_M": group_m} if group_m != 8 else {}), **_tail(tail_split)}
-
-
-def _tail(tail_split: int) -> dict:
-    return {"TAIL_SPLIT": tail_split} if tail_split > 1 else {}
+            **({"GROUP_M": group_m} if group_m != 8 else {})}
 
 
 def gluon_ws_config(bn, bm, bk, split_k=1, warps=8, stages=4, wstages=2, group_m=8, cvt_warps=4,
-                    cvt_split=False, tail_split=1) -> dict:
+                    cvt_split=False) -> dict:
     """W8A16 config for the warp-specialized kernel (gluon_w8a16_ws, sm_90+): cvt_warps converter warps write
     bf16 weight tiles (wstages deep) for warps that only issue wgmma; BLOCK_N = 64 weight rows per MMA warp group,
     BLOCK_M <= 256 tokens (128 with 16 warps in all: 128 registers a thread); group_m: token tiles walked per
     weight strip (x's reads from HBM, as gluon_w8a8); cvt_split: the converter warps as two partitions taking
-    even and odd K tiles (wstages even); tail_split as gluon_rs_config's."""
+    even and odd K tiles (wstages even)."""
     cfg = {"backend": "gluon_ws", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
            "num_warps": warps, "num_stages": stages, "WSTAGES": wstages, "GROUP_M": group_m, "CVT_WARPS": cvt_warps}
-    return {**cfg, **({"CVT_SPLIT": True} if cvt_split else {}), **_tail(tail_split)}
+    return {**cfg, "CVT_SPLIT": True} if cvt_split else cfg
 
 
 def gluon_w8a8_config(bn, bm, bk, split_k=1, warps=4, stages=4, group_m=0) -> dict:

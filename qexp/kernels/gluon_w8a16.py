@@ -10,9 +10,7 @@ fence -> barrier -> wgmma -> wait-for-wgmma in series, so the convert never over
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -106,55 +104,24 @@ def end_main_loop(acc, ready, STAGES: gl.constexpr, PDL: gl.constexpr):
 
 @gluon.jit
 def program_tile(M, N, tiles_per_split, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr = 0):
-    """(pid, pid_k, number of output tiles, off_m, off_n, first K tile) of this program (see tile_offsets)."""
+    """(pid, pid_k, number of output tiles, off_m, off_n, first K tile) of this program. The M tiles of one
+    weight tile run side by side (its bytes come from HBM once). GROUP_M > 0: programs walk GROUP_M token tiles x
+    every weight tile, so a prefill's x (16k tokens: 64 MB, more than L2) is read from HBM about once instead of
+    once per weight tile; 0: all token tiles at once (kernels tuned only where M spans a few tiles: no index
+    arithmetic for a grouping that changes nothing there)."""
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
-    num_tiles, off_m, off_n = tile_offsets(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    return pid, pid_k, num_tiles, off_m, off_n, pid_k * tiles_per_split
-
-
-@gluon.jit
-def tail_split_tile(M, N, k_tiles, full_tiles, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr,
-                    TAIL_SPLIT: gl.constexpr):
-    """program_tile for a launch whose tiles past the last whole wave of SMs are split along K (`plan`): tiles
-    below full_tiles take one program and all k_tiles K tiles; each later tile takes TAIL_SPLIT programs of
-    k_tiles // TAIL_SPLIT. So the last wave's SMs are all busy (e.g. 192 tiles on 132 SMs: 60 tiles split in two
-    run as 120 half-length programs, 1.5 tile times in all instead of 2). Returns program_tile's values and this
-    program's number of K tiles."""
-    pid = gl.program_id(0)
-    tile = pid
-    pid_k = pid * 0
-    kt = k_tiles
-    if pid >= full_tiles:
-        q = pid - full_tiles
-        tile = full_tiles + q // TAIL_SPLIT
-        pid_k = q % TAIL_SPLIT
-        kt = k_tiles // TAIL_SPLIT
-    num_tiles, off_m, off_n = tile_offsets(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    return tile, pid_k, num_tiles, off_m, off_n, pid_k * kt, kt
-
-
-@gluon.jit
-def tile_offsets(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
-    """(number of output tiles, off_m, off_n) of output tile `tile`. The M tiles of one weight tile run side by
-    side (its bytes come from HBM once). GROUP_M > 0: programs walk GROUP_M token tiles x every weight tile, so a
-    prefill's x (16k tokens: 64 MB, more than L2) is read from HBM about once instead of once per weight tile; 0:
-    all token tiles at once (kernels tuned only where M spans a few tiles: no index arithmetic for a grouping
-    that changes nothing there)."""
     num_pid_m = gl.cdiv(M, BLOCK_M)
     if GROUP_M == 0:
-        pid_m = tile % num_pid_m
-        pid_n = tile // num_pid_m
+        pid_m = pid % num_pid_m
+        pid_n = pid // num_pid_m
     else:
         group = GROUP_M * gl.cdiv(N, BLOCK_N)
-        first_m = (tile // group) * GROUP_M
+        first_m = (pid // group) * GROUP_M
         rows = gl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % group) % rows
-        pid_n = (tile % group) // rows
-    return num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N
-
-
-_PARTIALS_BY_ROW = gl.constexpr(os.environ.get("QEXP_SPLIT_K_PARTIALS", "thread") == "rows")
+        pid_m = first_m + (pid % group) % rows
+        pid_n = (pid % group) // rows
+    return pid, pid_k, num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N, pid_k * tiles_per_split
 
 
 @gluon.jit
@@ -173,14 +140,10 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
-    if _PARTIALS_BY_ROW:  # (A/B: QEXP_SPLIT_K_PARTIALS=rows, the layout before thread-major)
-        tile = gl.arange(0, R, layout=gl.SliceLayout(1, layout))[:, None] * C + \
-            gl.arange(0, C, layout=gl.SliceLayout(0, layout))[None, :]
-    else:
-        rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
-        cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
-        tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
-            _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
+    rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
+    cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
+    tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
+        _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
     split_stride = (num_tiles * R * C).to(gl.int64)
     part = part_ptr + pid.to(gl.int64) * (R * C) + tile
     gl.store(part + pid_k * split_stride, acc)
@@ -348,9 +311,8 @@ def regs_at_launch(warps: int) -> int:
 
 @dataclass
 class Launch:
-    """What the Gluon W8A16 wrappers (gluon, skinny, gluon_rs, gluon_ws) share: tile sizes fitted to K and the
-    scale groups, split-K, the output and split-K buffers, TMA descriptors, and the kernels' common leading
-    arguments. With a tail split (full_tiles < tiles) split_k is the tail tiles' split (`tail_split_tile`)."""
+    """What the Gluon W8A16 wrappers (gluon, skinny, gluon_rs) share: tile sizes fitted to K and the scale groups,
+    split-K, the output and split-K buffers, TMA descriptors, and the kernels' common leading arguments."""
     m: int
     n: int
     k: int
@@ -358,41 +320,21 @@ class Launch:
     bk: int
     split_k: int
     tiles: int
-    full_tiles: int
     out: torch.Tensor
     args: tuple  # x_desc, w_desc, out, w_scale, bias, part, counts, M, N, K, stride_om, stride_wsn, stride_wsg
     constexprs: dict  # GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, num_warps, PDL, launch_pdl
 
     @property
-    def tail(self) -> bool:
-        return self.full_tiles < self.tiles
-
-    @property
     def grid(self) -> tuple[int, int]:
-        if self.tail:
-            return self.full_tiles + (self.tiles - self.full_tiles) * self.split_k, 1
         return self.tiles, self.split_k
 
     @property
     def tiles_per_split(self) -> int:
-        """K tiles a program takes (with a tail split: a full tile's; a tail program takes 1 / split_k of it)."""
-        return (self.k // self.bk) // (1 if self.tail else self.split_k)
-
-    @property
-    def tail_args(self) -> dict:
-        """The tail-split launch's extra arguments (swap_ab_program's TAIL_SPLIT and full_tiles)."""
-        return {"TAIL_SPLIT": self.split_k if self.tail else 1, "full_tiles": self.full_tiles}
-
-
-@functools.cache
-def sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+        return (self.k // self.bk) // self.split_k
 
 
 def plan(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, group_size: int | None,
          bias: torch.Tensor | None, span_groups: bool = False) -> Launch:
-    """cfg TAIL_SPLIT (gluon_rs, gluon_ws; with SPLIT_K 1): the tiles past the last whole wave of SMs (all tiles if
-    fewer than the SMs) split that many ways along K, for configs that place one program per SM."""
     m, k = x.shape
     n = w_q.shape[0]
     grouped, stride_wsn, stride_wsg = scale_layout(w_scale, group_size, k)
@@ -400,21 +342,14 @@ def plan(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, g
     bk = configs.fit_block_k(k, cfg["BLOCK_K"], grouped, group_size, span_groups=span_groups)
     split_k = math.gcd(cfg["SPLIT_K"], k // bk)
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
-    full_tiles = tiles
-    tail_split = math.gcd(cfg.get("TAIL_SPLIT", 1), k // bk)
-    if split_k == 1 and tail_split > 1:
-        wave = sm_count(x.device.index or 0)
-        if tiles % wave:
-            full_tiles, split_k = tiles // wave * wave, tail_split
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    part, counts = split_k_buffers(x.device, split_k, tiles - full_tiles if full_tiles < tiles else tiles, bm * bn,
-                                   w_scale)
+    part, counts = split_k_buffers(x.device, split_k, tiles, bm * bn, w_scale)
     x_desc, w_desc = tma_descriptors(x, w_q, bm, bn, bk)
     args = (x_desc, w_desc, out, w_scale, bias if bias is not None else w_scale, part, counts,
             m, n, k, out.stride(0), stride_wsn, stride_wsg)
     constexprs = dict(GROUPED=grouped, HAS_BIAS=bias is not None, SPLIT_K=split_k, BLOCK_M=bm, BLOCK_N=bn,
                       BLOCK_K=bk, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], **pdl.launch(x.device))
-    return Launch(m, n, k, grouped, bk, split_k, tiles, full_tiles, out, args, constexprs)
+    return Launch(m, n, k, grouped, bk, split_k, tiles, out, args, constexprs)
 
 
 def w8a16_gluon(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,

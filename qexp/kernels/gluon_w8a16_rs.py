@@ -48,7 +48,6 @@ from qexp.kernels.gluon_w8a16 import (
     regs_at_launch,
     ring,
     split_k_sum,
-    tail_split_tile,
 )
 
 # bf16(w * s) for a float32 group scale s = hi + lo (two bf16s), on a bf16x2 pair of weights: fma(w, hi, w * lo)
@@ -154,11 +153,10 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, PRODUCER: gl.constexpr = False,
-               GROUP_M: gl.constexpr = 8, ACC_SCALE: gl.constexpr = False, TAIL_SPLIT: gl.constexpr = 1,
-               full_tiles=0):
-    pid, pid_k, num_tiles, off_m, off_n, kt_begin, tiles_per_split, scale, bias, x_smem, w_smem, ready = \
-        swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, full_tiles, GROUPED,
-                        HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M, TAIL_SPLIT, num_warps)
+               GROUP_M: gl.constexpr = 8, ACC_SCALE: gl.constexpr = False):
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready = swap_ab_program(
+        x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED, HAS_BIAS, BLOCK_M, BLOCK_N,
+        BLOCK_K, STAGES, GROUP_M, num_warps)
     if PRODUCER:
         # a producer warp issues every TMA load (the consumers free ring slots through 'empty' barriers), so the
         # consumer warp group's K step carries no TMA issue and no CTA-wide barrier
@@ -181,47 +179,31 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         if PRODUCER:  # (the producer's last barrier operation came before the consumer's last wait)
             mbarrier.invalidate(empty.index(st))
 
-    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, full_tiles, scale, bias, off_m,
-                     off_n, M, N, stride_om, GROUPED, HAS_BIAS, SPLIT_K, TAIL_SPLIT, BLOCK_M, BLOCK_N, num_warps)
+    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
 
 
 @gluon.jit
-def swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, full_tiles,
-                    GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    BLOCK_K: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, TAIL_SPLIT: gl.constexpr,
-                    num_warps: gl.constexpr):
-    """What a swap-AB program (out.T tiles: gluon_rs, gluon_ws) starts with: its tile and K tiles (program_tile,
-    or tail_split_tile with TAIL_SPLIT > 1), its epilogue's scales and bias (loaded before the main loop) and its
-    TMA ring."""
-    if TAIL_SPLIT > 1:
-        pid, pid_k, num_tiles, off_m, off_n, kt_begin, tiles_per_split = tail_split_tile(
-            M, N, tiles_per_split, full_tiles, BLOCK_M, BLOCK_N, GROUP_M, TAIL_SPLIT)
-    else:
-        pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N,
-                                                                     GROUP_M)
+def swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED: gl.constexpr,
+                    HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                    STAGES: gl.constexpr, GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+    """What a swap-AB program (out.T tiles: gluon_rs, gluon_ws) starts with: its tile (program_tile), its epilogue's
+    scales and bias (loaded before the main loop) and its TMA ring."""
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
     mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
     offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
     scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
-    return pid, pid_k, num_tiles, off_m, off_n, kt_begin, tiles_per_split, scale, bias, x_smem, w_smem, ready
+    return pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready
 
 
 @gluon.jit
-def swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, full_tiles, scale, bias, off_m, off_n,
-                     M, N, stride_om, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
-                     TAIL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
-    """Split-K sum of the out.T tile (split_k_sum; with a tail split, of the tail tiles only, their partials and
-    counters indexed from the first tail tile); the last split scales, adds the bias and stores it."""
-    layout: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    if TAIL_SPLIT > 1:
-        if pid >= full_tiles:
-            last, total = split_k_sum(acc, part_ptr, count_ptr, pid - full_tiles, pid_k, num_tiles - full_tiles,
-                                      BLOCK_N, BLOCK_M, TAIL_SPLIT, layout)
-        else:
-            last = pid_k == 0
-            total = acc
-    else:
-        last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K, layout)
+def swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+    """Split-K sum of the out.T tile (split_k_sum); the last split scales, adds the bias and stores it."""
+    last, total = split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, BLOCK_N, BLOCK_M, SPLIT_K,
+                              _acc_layout(BLOCK_M, num_warps))
     if last:
         _store_t(_scale_bias_t(total, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
                  BLOCK_N, BLOCK_M, num_warps)
@@ -433,9 +415,8 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     # eight consumer warps + four need it at 168 (65536 / 384), and ptxas holds the consumers to that
     regs = {"maxnreg": regs_at_launch(cfg["num_warps"] + 4)} if producer and cfg["num_warps"] == 8 else {}
     # scales on the accumulator: groups of two or more K tiles, each split holding whole groups; else per weight
-    # (a tail program takes 1 / split_k of a tile's K tiles)
     acc_scale = (cfg.get("ACC_SCALE", False) and p.grouped and group_size >= 2 * p.bk
-                 and (p.tiles_per_split // (p.split_k if p.tail else 1)) % (group_size // p.bk) == 0)
+                 and p.tiles_per_split % (group_size // p.bk) == 0)
     _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
-                       ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8), **p.tail_args, **p.constexprs, **regs)
+                       ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8), **p.constexprs, **regs)
     return p.out

@@ -54,11 +54,10 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
                GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
                PDL: gl.constexpr, num_warps: gl.constexpr, WSTAGES: gl.constexpr = 2, GROUP_M: gl.constexpr = 8,
-               CVT_WARPS: gl.constexpr = 4, CVT_SPLIT: gl.constexpr = False, TAIL_SPLIT: gl.constexpr = 1,
-               full_tiles=0):
-    pid, pid_k, num_tiles, off_m, off_n, kt_begin, tiles_per_split, scale, bias, x_smem, w_smem, ready = \
-        swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, full_tiles, GROUPED,
-                        HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M, TAIL_SPLIT, num_warps)
+               CVT_WARPS: gl.constexpr = 4, CVT_SPLIT: gl.constexpr = False):
+    pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready = swap_ab_program(
+        x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_per_split, GROUPED, HAS_BIAS, BLOCK_M, BLOCK_N,
+        BLOCK_K, STAGES, GROUP_M, num_warps)
     wb_smem = gl.allocate_shared_memory(gl.bfloat16, [WSTAGES, BLOCK_N, BLOCK_K],
                                         gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.bfloat16))
     wready = barriers(WSTAGES)  # bf16 tile written
@@ -93,8 +92,8 @@ def _ws_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
         mbarrier.invalidate(wready.index(st))
         mbarrier.invalidate(wempty.index(st))
 
-    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, full_tiles, scale, bias, off_m,
-                     off_n, M, N, stride_om, GROUPED, HAS_BIAS, SPLIT_K, TAIL_SPLIT, BLOCK_M, BLOCK_N, num_warps)
+    swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
+                     stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
 
 
 @gluon.jit
@@ -169,6 +168,6 @@ def w8a16_ws(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     p = plan(x, w_q, w_scale, cfg, group_size, bias)
     _ws_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1,
                        WSTAGES=cfg.get("WSTAGES", 2), GROUP_M=cfg.get("GROUP_M", 8), CVT_WARPS=cfg.get("CVT_WARPS", 4),
-                       CVT_SPLIT=cfg.get("CVT_SPLIT", False), **p.tail_args,
+                       CVT_SPLIT=cfg.get("CVT_SPLIT", False),
                        maxnreg=launch_regs(cfg["num_warps"], cfg.get("CVT_WARPS", 4)), **p.constexprs)
     return p.out

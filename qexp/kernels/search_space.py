@@ -307,7 +307,7 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=2, stages=6),
             gluon_rs_config(64, 64, 128, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
-        ] + _tails([gluon_rs_config(64, 256, 64, producer=True), gluon_rs_config(64, 256, 64)], 4)
+        ]
     if b >= 1024:
         return [
             gluon_rs_config(128, 128, 64, warps=8, stages=5),
@@ -323,17 +323,8 @@ def _rs_candidates(b: int) -> list[dict]:
         ] + [  # the M=4096 winner walking fewer or more token tiles per weight strip (L2 reuse of x and weight:
             # gluon_ws at M=4096 ran 0.54x bf16 ungrouped, 0.59-0.61x at 8, 0.72-0.76x at 2: probe_ws_raster.py)
             gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=g) for g in (1, 2, 4, 16)
-        ] + [gluon_rs_config(128, 256, 64, warps=8, stages=3, group_m=g) for g in (2, 4)] + _tails(
-            [gluon_rs_config(128, 256, 64, warps=8), gluon_rs_config(128, 256, 64, warps=8, stages=3),
-             gluon_rs_config(128, 256, 64, warps=8, producer=True)], 2)
+        ] + [gluon_rs_config(128, 256, 64, warps=8, stages=3, group_m=g) for g in (2, 4)]
     return []
-
-
-def _tails(cfgs: list[dict], split: int) -> list[dict]:
-    """Configs of one program per SM with the tiles past the last whole wave split along K (gluon_w8a16.plan):
-    N = 6144 at M = 256 is 96 tiles of 64 x 256 for 132 SMs (0.73 of a wave), at M = 1024 192 of 128 x 256
-    (1.45 waves); those cells were the lowest row-wise ones (0.79-0.92x, H100)."""
-    return [{**c, "TAIL_SPLIT": split} for c in cfgs]
 
 
 def _ws_candidates(b: int) -> list[dict]:
@@ -344,9 +335,10 @@ def _ws_candidates(b: int) -> list[dict]:
     128-token tiles."""
     if b < 256:
         return []
-    won = [gluon_ws_config(64, 256, 64, warps=4, stages=5, cvt_warps=8, cvt_split=True),
-           gluon_ws_config(64, 256, 64, warps=4)]
-    return won + _tails(won, 4 if b == 256 else 2)
+    return [
+        gluon_ws_config(64, 256, 64, warps=4, stages=5, cvt_warps=8, cvt_split=True),
+        gluon_ws_config(64, 256, 64, warps=4),
+    ]
 
 
 def _gluon_a8_candidates(b: int) -> list[dict]:
