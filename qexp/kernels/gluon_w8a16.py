@@ -132,8 +132,9 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     counter. Returns (last, total); total is the sum only where last. With SPLIT_K == 1: (True, acc), no memory
     traffic, so a kernel ends the same way with or without split-K.
     Partials are laid out thread-major (`_thread_major`), not as the tile's rows: written and read only here, in
-    the same layout. In the wgmma accumulator's layout a warp's store touched 8 rows (8 cache lines; ncu, 128 x 256
-    tiles split in two: half the samples of the whole kernel stalled on the load/store queue after the main loop).
+    the same layout. In the wgmma accumulator's layout a warp's store touched 8 rows, 8 cache lines (ncu, 128 x 256
+    tiles split in two: 47 % of the kernel's warp samples after the main loop, most on the load/store queue);
+    thread-major, split-K cells of gluon_rs ran 1.08-1.10x faster at M = 64-256 (H100, BENCHMARKS.md).
     The last split reads the partials two per L2 round trip (a loop over splits took one round trip each, ~1.3 us
     per split on the H200; more in flight spill registers at 4 warps), and re-arms with a relaxed atomic (the
     default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its PDL wait, so after
