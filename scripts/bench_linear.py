@@ -156,9 +156,6 @@ def main():
     ap.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--backend", default=None,
                     help="with --tune: try only this backend's candidates against the current tuned choice")
-    ap.add_argument("--with-key", default=None,
-                    help="with --tune: try only candidates that set this config key (e.g. GROUP_M) against the "
-                         "current tuned choice")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")
     args = ap.parse_args()
@@ -180,9 +177,8 @@ def main():
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
             cands = search_space.candidates(kind_of(r), m)
-            if args.backend or args.with_key:
-                cands = current + [c for c in cands if c != current[0] and args.backend in (None, c["backend"])
-                                   and (args.with_key is None or args.with_key in c)]
+            if args.backend:
+                cands = current + [c for c in cands if c["backend"] == args.backend and c != current[0]]
             return cands
         return current
 

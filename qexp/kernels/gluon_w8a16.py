@@ -141,8 +141,9 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
-    rows: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 0)
-    cols: gl.constexpr = _thread_major(gl.to_linear_layout(layout, [R, C]), 1)
+    ll: gl.constexpr = gl.to_linear_layout(layout, [R, C])
+    rows: gl.constexpr = _thread_major(ll, 0)
+    cols: gl.constexpr = _thread_major(ll, 1)
     tile = _bit_scatter(gl.arange(0, R, layout=gl.SliceLayout(1, layout)), rows)[:, None] + \
         _bit_scatter(gl.arange(0, C, layout=gl.SliceLayout(0, layout)), cols)[None, :]
     split_stride = (num_tiles * R * C).to(gl.int64)
@@ -312,7 +313,7 @@ def regs_at_launch(warps: int) -> int:
 
 @dataclass
 class Launch:
-    """What the Gluon W8A16 wrappers (gluon, skinny, gluon_rs) share: tile sizes fitted to K and the scale groups,
+    """What the Gluon W8A16 wrappers (gluon, skinny, gluon_rs, gluon_ws) share: tile sizes fitted to K and the scale groups,
     split-K, the output and split-K buffers, TMA descriptors, and the kernels' common leading arguments."""
     m: int
     n: int
