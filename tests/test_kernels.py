@@ -497,6 +497,8 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs.gluon_rs_config(64, 64, 128, split_k=16, stages=2, producer=True),
                                  configs.gluon_rs_config(128, 128, 64, warps=8, split_k=2, stages=6, producer=True),
                                  configs.gluon_rs_config(128, 256, 64, warps=8, producer=True),
+                                 # 128 weight rows for 64 tokens, two splits (the last sums from its registers)
+                                 configs.gluon_rs_config(128, 64, 128, warps=8, split_k=2, stages=6),
                                  # K tiles of several whole groups (group64: 2 and 4, group128: 2), split-K and not
                                  configs.gluon_rs_config(64, 64, 256, split_k=2),
                                  configs.gluon_rs_config(128, 128, 128, warps=8, stages=4, producer=True),

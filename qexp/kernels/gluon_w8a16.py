@@ -135,10 +135,12 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     the same layout. In the wgmma accumulator's layout a warp's store touched 8 rows, 8 cache lines (ncu, 128 x 256
     tiles split in two: 47 % of the kernel's warp samples after the main loop, most on the load/store queue);
     thread-major, split-K cells of gluon_rs ran 1.08-1.10x faster at M = 64-256 (H100, BENCHMARKS.md).
-    The last split reads the partials two per L2 round trip (a loop over splits took one round trip each, ~1.3 us
-    per split on the H200; more in flight spill registers at 4 warps), and re-arms with a relaxed atomic (the
-    default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its PDL wait, so after
-    this launch has completed."""
+    With two splits of a tile of <= 64 elements a thread, the last adds the other's partial to its own registers
+    (fp32 addition commutes: the same sum whichever split is last; at 128 the live accumulator spills); else it
+    reads the partials two per L2 round trip (a loop over splits took one
+    round trip each, ~1.3 us per split on the H200; more in flight spill registers at 4 warps). It re-arms with a
+    relaxed atomic (the default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its
+    PDL wait, so after this launch has completed."""
     if SPLIT_K == 1:
         return True, acc
     ll: gl.constexpr = gl.to_linear_layout(layout, [R, C])
@@ -152,7 +154,11 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     gl.thread_barrier()
     last = gl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
     total = gl.zeros((R, C), dtype=gl.float32, layout=layout)
-    if last:
+    if SPLIT_K == 2 and len(ll.reg_bases) <= 6:
+        if last:  # its own partial from registers: half the loads (a + b == b + a)
+            total = acc + gl.load(part + (1 - pid_k) * split_stride, cache_modifier=".cg")
+            gl.atomic_xchg(count_ptr + pid, 0, sem="relaxed")
+    elif last:
         for t in gl.static_range(0, SPLIT_K, 2):  # two partials per round trip
             p0 = gl.load(part + t * split_stride, cache_modifier=".cg")
             if t + 1 < SPLIT_K:

@@ -291,6 +291,12 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=3, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
             gluon_rs_config(64, 64, 128, split_k=4, stages=6, producer=True),
+            # 128 weight rows a program: x (read from L2 by every weight strip: 4x the weight's bytes at 64 rows
+            # and 128 tokens) read half as often; split-K to fill the SMs (cheaper since thread-major partials)
+            gluon_rs_config(128, 64, 128, warps=8, stages=6),
+            gluon_rs_config(128, 64, 128, warps=8, split_k=2, stages=6),
+            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4),
+            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4, producer=True),
         ]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
@@ -307,6 +313,13 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=2, stages=6),
             gluon_rs_config(64, 64, 128, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
+            # 128 weight rows a program (x read from L2 half as often as at 64; see M=128)
+            gluon_rs_config(128, 128, 64, warps=8, stages=5),
+            gluon_rs_config(128, 128, 128, warps=8, stages=4),
+            gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True),
+            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4),
+            gluon_rs_config(128, 64, 128, warps=8, split_k=2, stages=6),
+            gluon_rs_config(128, 64, 128, warps=8, split_k=4, stages=6),
         ]
     if b >= 1024:
         return [
