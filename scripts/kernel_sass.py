@@ -30,6 +30,7 @@ from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 KERNELS = {"rs": ("qexp.kernels.gluon_w8a16_rs", "_rs_kernel", r"HGMMA.*gsb0"),
+           "rs_persistent": ("qexp.kernels.gluon_w8a16_rs", "_rs_persistent_kernel", r"HGMMA.*gsb0"),
            "ws": ("qexp.kernels.gluon_w8a16_ws", "_ws_kernel", r"HGMMA.*gsb0"),
            "skinny": ("qexp.kernels.gluon_skinny", "_skinny_kernel", r"BAR\.SYNC"),
            "w8a8": ("qexp.kernels.gluon_w8a8", "_w8a8_kernel", r"[HI]GMMA.*gsb0"),

@@ -60,3 +60,17 @@ def test_ws_kernel_lowers_for_sm90a_with_registers_moved_to_the_mma_warps(cfg, w
     assert re.search(r"HGMMA\.64x\d+x16\.F32\.BF16 R\d+, gdesc\[", sass)  # A from shared memory, not registers
     assert "USETMAXREG" in sass
     assert not re.search(r"\b(STL|LDL)\b", sass), "register spills"
+
+
+PERSISTENT = [dict(BLOCK_N=128, BLOCK_M=256, BLOCK_K=64, STAGES=4, num_warps=8),  # the M >= 1024 tile
+              dict(BLOCK_N=128, BLOCK_M=256, BLOCK_K=64, STAGES=4, num_warps=8, GROUPED=True, GROUP_SIZE=128)]
+
+
+@pytest.mark.parametrize("w", ["int8", "fp8"])
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_persistent_rs_kernel_lowers_for_sm90a_without_spills(cfg, w, tmp_path):
+    """The persistent kernel (a producer warp, eight consumer warps: launched at 168 registers) loops over tiles
+    around the same main loop as _rs_kernel."""
+    sass = _sass(cfg, w, tmp_path, "rs_persistent", maxnreg=168)
+    assert "HGMMA" in sass
+    assert not re.search(r"\b(STL|LDL)\b", sass), "register spills"

@@ -477,6 +477,28 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
     assert torch.equal(out, w.float()[:, :16].T.to(torch.bfloat16))
 
 
+# persistent gluon_rs, fewer programs than tiles (each walks several; at M=300, N=528: 5-45 tiles): 8 and 4
+# consumer warps, rings of 2-4, 256-token tiles, group scales on the accumulator
+PERSISTENT_RS = [configs.gluon_rs_config(128, 128, 64, warps=8, producer=True, persistent=True, programs=3),
+                 configs.gluon_rs_config(64, 64, 128, stages=2, producer=True, persistent=True, programs=2),
+                 configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, persistent=True, programs=2),
+                 configs.gluon_rs_config(64, 128, 64, producer=True, acc_scale=True, persistent=True, programs=3)]
+
+
+def test_persistent_rs_runs_where_its_ring_restarts_each_tile():
+    """The persistent kernel needs a producer warp, no split-K and K steps a multiple of 2 x STAGES; the GPU tests'
+    configs (K = 2048) take it."""
+    from qexp.kernels.gluon_w8a16_rs import persistent_programs
+    for cfg in PERSISTENT_RS:
+        assert persistent_programs(cfg, 15, 1, 2048 // cfg["BLOCK_K"], 132) == min(15, cfg["PROGRAMS"])
+    cfg = configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, persistent=True)
+    assert persistent_programs(cfg, 768, 1, 32, 132) == 132 and persistent_programs(cfg, 64, 1, 32, 132) == 64
+    assert persistent_programs(cfg, 768, 2, 16, 132) is None  # split-K
+    assert persistent_programs({**cfg, "num_stages": 3}, 768, 1, 32, 132) is None  # 32 steps: phases off by one
+    assert persistent_programs({**cfg, "PRODUCER": False}, 768, 1, 32, 132) is None
+    assert persistent_programs(configs.gluon_rs_config(128, 256, 64, warps=8, producer=True), 768, 1, 32, 132) is None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [configs.gluon_rs_config(64, 64, 128, stages=6),
                                  configs.gluon_rs_config(64, 64, 64, split_k=4, stages=8),
@@ -510,7 +532,8 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
                                  configs.gluon_rs_config(128, 128, 64, warps=8, stages=5, acc_scale=True),
                                  # one and two token tiles a program group (M=300: two 256-token tiles)
                                  configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=1),
-                                 configs.gluon_rs_config(64, 128, 64, stages=4, group_m=2)],
+                                 configs.gluon_rs_config(64, 128, 64, stages=4, group_m=2),
+                                 *PERSISTENT_RS],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)
 @pytest.mark.parametrize("m", [5, 70, 300])

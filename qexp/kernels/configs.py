@@ -64,15 +64,18 @@ def skinny_config(bn, bm, bk, split_k=1, warps=4, stages=4) -> dict:
             "num_warps": warps, "num_stages": stages}
 
 
-def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False, acc_scale=False, group_m=8) -> dict:
+def gluon_rs_config(bn, bm, bk, split_k=1, warps=4, stages=4, producer=False, acc_scale=False, group_m=8,
+                    persistent=False, programs=None) -> dict:
     """W8A16 config for the register-operand wgmma kernel (gluon_w8a16_rs, sm_90+): BLOCK_N a multiple of
     16 x warps weight rows (64 per warp group), BLOCK_M <= 256 tokens; producer: a warp of its own issues the
     TMA loads; acc_scale: group scales applied to the accumulator once per group (groups of >= 2 K tiles);
-    group_m: token tiles a program group walks across every weight strip (the kernel's default 8 is left out)."""
+    group_m: token tiles a program group walks across every weight strip (the kernel's default 8 is left out);
+    persistent (with producer): one program per SM walking tiles (programs: fewer, for tests)."""
     cfg = {"backend": "gluon_rs", "BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk, "SPLIT_K": split_k,
            "num_warps": warps, "num_stages": stages}
     return {**cfg, **({"PRODUCER": True} if producer else {}), **({"ACC_SCALE": True} if acc_scale else {}),
-            **({"GROUP_M": group_m} if group_m != 8 else {})}
+            **({"GROUP_M": group_m} if group_m != 8 else {}), **({"PERSISTENT": True} if persistent else {}),
+            **({"PROGRAMS": programs} if programs else {})}
 
 
 def gluon_ws_config(bn, bm, bk, split_k=1, warps=8, stages=4, wstages=2, group_m=8, cvt_warps=4,

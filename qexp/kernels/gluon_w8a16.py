@@ -111,17 +111,24 @@ def program_tile(M, N, tiles_per_split, BLOCK_M: gl.constexpr, BLOCK_N: gl.const
     arithmetic for a grouping that changes nothing there)."""
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
+    off_m, off_n = tile_offsets(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return pid, pid_k, gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), off_m, off_n, pid_k * tiles_per_split
+
+
+@gluon.jit
+def tile_offsets(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """(off_m, off_n) of output tile `tile` in program_tile's order."""
     num_pid_m = gl.cdiv(M, BLOCK_M)
     if GROUP_M == 0:
-        pid_m = pid % num_pid_m
-        pid_n = pid // num_pid_m
+        pid_m = tile % num_pid_m
+        pid_n = tile // num_pid_m
     else:
         group = GROUP_M * gl.cdiv(N, BLOCK_N)
-        first_m = (pid // group) * GROUP_M
+        first_m = (tile // group) * GROUP_M
         rows = gl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
-    return pid, pid_k, num_pid_m * gl.cdiv(N, BLOCK_N), pid_m * BLOCK_M, pid_n * BLOCK_N, pid_k * tiles_per_split
+        pid_m = first_m + (tile % group) % rows
+        pid_n = (tile % group) // rows
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
 @gluon.jit

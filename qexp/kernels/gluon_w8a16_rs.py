@@ -45,6 +45,7 @@ from qexp.kernels.gluon_w8a16 import (
     plan,
     program_tile,
     prologue,
+    tile_offsets,
     regs_at_launch,
     ring,
     split_k_sum,
@@ -181,6 +182,69 @@ def _rs_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
 
     swap_ab_epilogue(acc, out_ptr, part_ptr, count_ptr, pid, pid_k, num_tiles, scale, bias, off_m, off_n, M, N,
                      stride_om, GROUPED, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N, num_warps)
+
+
+@gluon.jit
+def _rs_persistent_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr,
+                          M, N, K, stride_om, stride_wsn, stride_wsg, tiles_per_split,
+                          GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr, HAS_BIAS: gl.constexpr,
+                          SPLIT_K: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                          STAGES: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr, GROUP_M: gl.constexpr = 8,
+                          ACC_SCALE: gl.constexpr = False):
+    """_rs_kernel with PRODUCER, persistent: one program per SM walks output tiles pid, pid + programs, ...
+    (program_tile's order), and the producer warp loads the next tile's first K tiles while the consumers finish
+    and store the current one, so no tile waits for its ring to fill (at M=4096 a tile of the non-persistent
+    kernel took ~24.5 us a wave whatever the wave count; cuBLAS, persistent, 23.9 us for one wave and ~22.5 us a
+    wave for six). The ring's slots and barrier phases restart at each tile: the wrapper only launches it where a
+    tile's K steps are a multiple of 2 x STAGES (every phase back where it began). No split-K."""
+    x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
+    empty = barriers(STAGES)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    gl.warp_specialize([
+        (_consume_tiles, (x_desc, w_desc, x_smem, w_smem, ready, empty, out_ptr, ws_ptr, bias_ptr, M, N, stride_om,
+                          stride_wsn, stride_wsg, num_tiles, tiles_per_split, GROUPED, GROUP_SIZE, HAS_BIAS, BLOCK_M,
+                          BLOCK_N, BLOCK_K, STAGES, PDL, GROUP_M, ACC_SCALE, num_warps)),
+        (_produce_tiles, (x_desc, w_desc, x_smem, w_smem, ready, empty, M, N, num_tiles, tiles_per_split, BLOCK_M,
+                          BLOCK_N, BLOCK_K, STAGES, PDL, GROUP_M)),
+    ], [1], [40])
+    for st in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(st))
+        mbarrier.invalidate(empty.index(st))
+
+
+@gluon.jit
+def _produce_tiles(x_desc, w_desc, x_smem, w_smem, ready, empty, M, N, num_tiles, tiles, BLOCK_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PDL: gl.constexpr,
+                   GROUP_M: gl.constexpr):
+    """Producer warp of the persistent kernel: _produce over this program's tiles."""
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        off_m, off_n = tile_offsets(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _produce(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, 0, tiles, BLOCK_K, STAGES, PDL)
+
+
+@gluon.jit
+def _consume_tiles(x_desc, w_desc, x_smem, w_smem, ready, empty, out_ptr, ws_ptr, bias_ptr, M, N, stride_om,
+                   stride_wsn, stride_wsg, num_tiles, tiles, GROUPED: gl.constexpr, GROUP_SIZE: gl.constexpr,
+                   HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                   STAGES: gl.constexpr, PDL: gl.constexpr, GROUP_M: gl.constexpr, ACC_SCALE: gl.constexpr,
+                   num_warps: gl.constexpr):
+    """Consumer warps of the persistent kernel: per tile, the main loop, the last ring slot freed (the next
+    tile's loads wait for it), then scale, bias and store."""
+    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        off_m, off_n = tile_offsets(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+        scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+        acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
+                        N, 0, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, ACC_SCALE,
+                        num_warps)
+        _release(tiles, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, 0, tiles, nbytes, BLOCK_K,
+                 STAGES, True)
+        _store_t(_scale_bias_t(acc, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
+                 BLOCK_N, BLOCK_M, num_warps)
+    if PDL:  # after the last main loop: see qexp.kernels.pdl.launch_next
+        _gdc_launch_dependents()
 
 
 @gluon.jit
@@ -406,6 +470,15 @@ def _store_t(acc, out_ptr, off_m, off_n, M, N, stride_om, BLOCK_N: gl.constexpr,
     gl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], y, mask=mask)
 
 
+def persistent_programs(cfg: dict, tiles: int, split_k: int, k_tiles: int, sms: int) -> int | None:
+    """Programs of the persistent kernel (one per SM, or cfg's PROGRAMS: tests walk several tiles a program), or
+    None where it does not apply: it needs a producer warp, no split-K, and K steps a multiple of 2 x STAGES (the
+    ring's slots and phases back where they began after each tile)."""
+    if not (cfg.get("PERSISTENT") and cfg.get("PRODUCER") and split_k == 1 and k_tiles % (2 * cfg["num_stages"]) == 0):
+        return None
+    return min(tiles, cfg.get("PROGRAMS", sms))
+
+
 def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dict, *,
              group_size: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as gluon_w8a16.w8a16_gluon (TMA-able x and w_q). Returns bf16 (M, N)."""
@@ -417,6 +490,11 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
     # scales on the accumulator: groups of two or more K tiles, each split holding whole groups; else per weight
     acc_scale = (cfg.get("ACC_SCALE", False) and p.grouped and group_size >= 2 * p.bk
                  and p.tiles_per_split % (group_size // p.bk) == 0)
-    _rs_kernel[p.grid](*p.args, p.tiles_per_split, GROUP_SIZE=group_size if p.grouped else 1, PRODUCER=producer,
-                       ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8), **p.constexprs, **regs)
+    common = dict(GROUP_SIZE=group_size if p.grouped else 1, ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8))
+    programs = persistent_programs(cfg, p.tiles, p.split_k, p.tiles_per_split,
+                                   torch.cuda.get_device_properties(x.device).multi_processor_count)
+    if programs:
+        _rs_persistent_kernel[(programs, )](*p.args, p.tiles_per_split, **common, **p.constexprs, **regs)
+    else:
+        _rs_kernel[p.grid](*p.args, p.tiles_per_split, PRODUCER=producer, **common, **p.constexprs, **regs)
     return p.out

@@ -336,7 +336,14 @@ def _rs_candidates(b: int) -> list[dict]:
         ] + [  # the M=4096 winner walking fewer or more token tiles per weight strip (L2 reuse of x and weight:
             # gluon_ws at M=4096 ran 0.54x bf16 ungrouped, 0.59-0.61x at 8, 0.72-0.76x at 2: probe_ws_raster.py)
             gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=g) for g in (1, 2, 4, 16)
-        ] + [gluon_rs_config(128, 256, 64, warps=8, stages=3, group_m=g) for g in (2, 4)]
+        ] + [gluon_rs_config(128, 256, 64, warps=8, stages=3, group_m=g) for g in (2, 4)] + [
+            # persistent: the next tile's loads under this tile's last steps and store (H100, M=4096: ~24.5 us a
+            # wave of tiles whatever the wave count, where cuBLAS's persistent kernels take ~22.5 us a wave at six)
+            gluon_rs_config(128, 256, 64, warps=8, producer=True, persistent=True, group_m=g) for g in (2, 4, 8)
+        ] + [
+            gluon_rs_config(128, 128, 64, warps=8, producer=True, persistent=True),
+            gluon_rs_config(128, 128, 128, warps=8, producer=True, persistent=True),
+        ]
     return []
 
 
