@@ -15,7 +15,9 @@ in CUTLASS's mixed-input mainloop and as gluon_skinny does with mma.sync:
     consumer's K step has no TMA issue and no CTA-wide barrier (int8: ~220 instructions instead of ~260 per
     128-wide K step, `scripts/kernel_sass.py rs`). On the H200 at ~100 tokens it was 0-3 % faster (the tuner
     takes it where it wins): the consumer's convert chain and its wgmma, not the loads, bound each program
-    (benchmarks/ncu_h200_m100_stalls.txt).
+    (benchmarks/ncu_h200_m100_stalls.txt);
+  - config PERSISTENT (with PRODUCER): one program per SM walks output tiles, its producer warp loading the next
+    tile's K tiles under the current tile's last steps and store (`_rs_persistent_kernel`).
 Weights are read as the recipes store them (row-major, no re-packing).
 """
 from __future__ import annotations
@@ -45,10 +47,10 @@ from qexp.kernels.gluon_w8a16 import (
     plan,
     program_tile,
     prologue,
-    tile_offsets,
     regs_at_launch,
     ring,
     split_k_sum,
+    tile_offsets,
 )
 
 # bf16(w * s) for a float32 group scale s = hi + lo (two bf16s), on a bf16x2 pair of weights: fma(w, hi, w * lo)
