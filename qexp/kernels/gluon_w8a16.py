@@ -144,10 +144,10 @@ def split_k_sum(acc, part_ptr, count_ptr, pid, pid_k, num_tiles, R: gl.constexpr
     thread-major, split-K cells of gluon_rs ran 1.08-1.10x faster at M = 64-256 (H100, BENCHMARKS.md).
     With two splits of a tile of <= 64 elements a thread, the last adds the other's partial to its own registers
     (fp32 addition commutes: the same sum whichever split is last; at 128 the live accumulator spills); else it
-    reads the partials two per L2 round trip (a loop over splits took one
-    round trip each, ~1.3 us per split on the H200; more in flight spill registers at 4 warps). It re-arms with a
-    relaxed atomic (the default acq_rel put a GPU-wide fence before it): the next launch's arrivals come after its
-    PDL wait, so after this launch has completed."""
+    reads the partials two per L2 round trip (a loop over splits took one round trip each, ~1.3 us per split on the
+    H200; more in flight spill registers at 4 warps). It re-arms with a relaxed atomic (the default acq_rel put a
+    GPU-wide fence before it): the next launch's arrivals come after its PDL wait, so after this launch has
+    completed."""
     if SPLIT_K == 1:
         return True, acc
     ll: gl.constexpr = gl.to_linear_layout(layout, [R, C])

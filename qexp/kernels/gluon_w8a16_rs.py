@@ -197,8 +197,10 @@ def _rs_persistent_kernel(x_desc, w_desc, out_ptr, ws_ptr, bias_ptr, part_ptr, c
     (program_tile's order), and the producer warp loads the next tile's first K tiles while the consumers finish
     and store the current one, so no tile waits for its ring to fill (at M=4096 a tile of the non-persistent
     kernel took ~24.5 us a wave whatever the wave count; cuBLAS, persistent, 23.9 us for one wave and ~22.5 us a
-    wave for six). The ring's slots and barrier phases restart at each tile: the wrapper only launches it where a
-    tile's K steps are a multiple of 2 x STAGES (every phase back where it began). No split-K."""
+    wave for six). Tuned on the H100 it won 27 of 53 cells at M=4096, by 1.00-1.06x over the best non-persistent
+    config in the same run (BENCHMARKS.md). The ring's slots and barrier phases restart at each tile: the wrapper
+    only launches it where a tile's K steps are a multiple of 2 x STAGES (every phase back where it began). No
+    split-K."""
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     empty = barriers(STAGES)
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
