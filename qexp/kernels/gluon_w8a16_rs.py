@@ -234,17 +234,17 @@ def _consume_tiles(x_desc, w_desc, x_smem, w_smem, ready, empty, out_ptr, ws_ptr
                    num_warps: gl.constexpr):
     """Consumer warps of the persistent kernel: per tile, the main loop, the last ring slot freed (the next
     tile's loads wait for it), then scale, bias and store."""
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
     nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         off_m, off_n = tile_offsets(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-        scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+        scale, bias = _tile_epilogue_operands(ws_ptr, bias_ptr, off_n, N, stride_wsn, GROUPED, HAS_BIAS, BLOCK_M,
+                                              BLOCK_N, num_warps)
         acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, ws_ptr, stride_wsn, stride_wsg, off_m, off_n,
                         N, 0, tiles, GROUPED, GROUP_SIZE, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PDL, True, ACC_SCALE,
                         num_warps)
         _release(tiles, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, 0, tiles, nbytes, BLOCK_K,
                  STAGES, True)
+        # (swap_ab_epilogue without its split-K sum: called here, it put two more CTA barriers in each tile's SASS)
         _store_t(_scale_bias_t(acc, scale, bias, GROUPED, HAS_BIAS), out_ptr, off_m, off_n, M, N, stride_om,
                  BLOCK_N, BLOCK_M, num_warps)
     if PDL:  # after the last main loop: see qexp.kernels.pdl.launch_next
@@ -258,11 +258,19 @@ def swap_ab_program(x_desc, w_desc, ws_ptr, bias_ptr, M, N, stride_wsn, tiles_pe
     """What a swap-AB program (out.T tiles: gluon_rs, gluon_ws) starts with: its tile (program_tile), its epilogue's
     scales and bias (loaded before the main loop) and its TMA ring."""
     pid, pid_k, num_tiles, off_m, off_n, kt_begin = program_tile(M, N, tiles_per_split, BLOCK_M, BLOCK_N, GROUP_M)
-    mma: gl.constexpr = _acc_layout(BLOCK_M, num_warps)
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    scale, bias = epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
+    scale, bias = _tile_epilogue_operands(ws_ptr, bias_ptr, off_n, N, stride_wsn, GROUPED, HAS_BIAS, BLOCK_M, BLOCK_N,
+                                          num_warps)
     x_smem, w_smem, ready = ring(x_desc, w_desc, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)
     return pid, pid_k, num_tiles, off_m, off_n, kt_begin, scale, bias, x_smem, w_smem, ready
+
+
+@gluon.jit
+def _tile_epilogue_operands(ws_ptr, bias_ptr, off_n, N, stride_wsn, GROUPED: gl.constexpr, HAS_BIAS: gl.constexpr,
+                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+    """The out.T tile's row / tensor scales and bias along its weight rows (epilogue_operands), in the
+    accumulator's row layout."""
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, _acc_layout(BLOCK_M, num_warps)))
+    return epilogue_operands(ws_ptr, bias_ptr, offs_n, N, stride_wsn, GROUPED, HAS_BIAS)
 
 
 @gluon.jit
@@ -496,7 +504,8 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
                  and p.tiles_per_split % (group_size // p.bk) == 0)
     common = dict(GROUP_SIZE=group_size if p.grouped else 1, ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8))
     programs = persistent_programs(cfg, p.tiles, p.split_k, p.tiles_per_split,
-                                   torch.cuda.get_device_properties(x.device).multi_processor_count)
+                                   torch.cuda.get_device_properties(x.device).multi_processor_count
+                                   ) if cfg.get("PERSISTENT") else None
     if programs:
         _rs_persistent_kernel[(programs, )](*p.args, p.tiles_per_split, **common, **p.constexprs, **regs)
     else:
