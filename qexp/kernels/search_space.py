@@ -343,6 +343,12 @@ def _rs_candidates(b: int) -> list[dict]:
         ] + [
             gluon_rs_config(128, 128, 64, warps=8, producer=True, persistent=True),
             gluon_rs_config(128, 128, 128, warps=8, producer=True, persistent=True),
+        ] + [  # N = 1024-2048 at M=1024: ~one wave of tiles, one warp group an SM (0.83-0.92x at 11-16 us); 128-wide
+            # K steps, or two programs an SM (<= 96 KB of ring each) so one's waits hide under the other's wgmmas
+            gluon_rs_config(64, 128, 128),
+            gluon_rs_config(64, 128, 128, producer=True),
+            gluon_rs_config(64, 128, 64, split_k=2, stages=4),
+            gluon_rs_config(64, 64, 128, stages=4),
         ]
     return []
 
