@@ -291,12 +291,6 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=3, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
             gluon_rs_config(64, 64, 128, split_k=4, stages=6, producer=True),
-            # 128 weight rows a program: x (read from L2 by every weight strip: 4x the weight's bytes at 64 rows
-            # and 128 tokens) read half as often; split-K to fill the SMs (cheaper since thread-major partials)
-            gluon_rs_config(128, 64, 128, warps=8, stages=6),
-            gluon_rs_config(128, 64, 128, warps=8, split_k=2, stages=6),
-            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4),
-            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4, producer=True),
         ]
     # larger M: two or more programs per SM (fewer stages, one warp group) hide each other's prologue and epilogue
     if b == 256:
@@ -313,13 +307,6 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=2, stages=6),
             gluon_rs_config(64, 64, 128, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
-            # 128 weight rows a program (x read from L2 half as often as at 64; see M=128)
-            gluon_rs_config(128, 128, 64, warps=8, stages=5),
-            gluon_rs_config(128, 128, 128, warps=8, stages=4),
-            gluon_rs_config(128, 128, 64, warps=8, stages=6, producer=True),
-            gluon_rs_config(128, 128, 128, warps=8, split_k=2, stages=4),
-            gluon_rs_config(128, 64, 128, warps=8, split_k=2, stages=6),
-            gluon_rs_config(128, 64, 128, warps=8, split_k=4, stages=6),
         ]
     if b >= 1024:
         return [
@@ -343,12 +330,11 @@ def _rs_candidates(b: int) -> list[dict]:
         ] + [
             gluon_rs_config(128, 128, 64, warps=8, producer=True, persistent=True),
             gluon_rs_config(128, 128, 128, warps=8, producer=True, persistent=True),
-        ] + [  # N = 1024-2048 at M=1024: ~one wave of tiles, one warp group an SM (0.83-0.92x at 11-16 us); 128-wide
-            # K steps, or two programs an SM (<= 96 KB of ring each) so one's waits hide under the other's wgmmas
+        ] + [  # N = 1024 at M=1024: one wave of 64 x 128 tiles, one warp group an SM; 128-wide K steps (half the
+            # per-step waits) took it from 0.85x to 1.06x bf16 (H100; two programs an SM, by split-K or 64-token
+            # tiles, won nothing)
             gluon_rs_config(64, 128, 128),
             gluon_rs_config(64, 128, 128, producer=True),
-            gluon_rs_config(64, 128, 64, split_k=2, stages=4),
-            gluon_rs_config(64, 64, 128, stages=4),
         ]
     return []
 
