@@ -49,6 +49,7 @@ from qexp.kernels.gluon_w8a16 import (
     prologue,
     regs_at_launch,
     ring,
+    sm_count,
     split_k_sum,
     tile_offsets,
 )
@@ -504,8 +505,7 @@ def w8a16_rs(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, cfg: dic
                  and p.tiles_per_split % (group_size // p.bk) == 0)
     common = dict(GROUP_SIZE=group_size if p.grouped else 1, ACC_SCALE=acc_scale, GROUP_M=cfg.get("GROUP_M", 8))
     programs = persistent_programs(cfg, p.tiles, p.split_k, p.tiles_per_split,
-                                   torch.cuda.get_device_properties(x.device).multi_processor_count
-                                   ) if cfg.get("PERSISTENT") else None
+                                   sm_count(x.device)) if cfg.get("PERSISTENT") else None
     if programs:
         _rs_persistent_kernel[(programs, )](*p.args, p.tiles_per_split, **common, **p.constexprs, **regs)
     else:
