@@ -156,6 +156,9 @@ def main():
     ap.add_argument("--recipes", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--backend", default=None,
                     help="with --tune: try only this backend's candidates against the current tuned choice")
+    ap.add_argument("--with-flag", default=None,
+                    help="with --tune: try only the candidates that set this switch (e.g. PERSISTENT) against the "
+                         "current tuned choice")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")
     args = ap.parse_args()
@@ -177,8 +180,9 @@ def main():
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
             cands = search_space.candidates(kind_of(r), m)
-            if args.backend:
-                cands = current + [c for c in cands if c["backend"] == args.backend and c != current[0]]
+            if args.backend or args.with_flag:
+                cands = current + [c for c in cands if c != current[0] and c["backend"] == (args.backend or c["backend"])
+                                   and c.get(args.with_flag or "backend")]
             return cands
         return current
 

@@ -27,7 +27,6 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
     mbarrier,
     warpgroup_mma,
     warpgroup_mma_wait,
@@ -417,10 +416,10 @@ def _release(i, x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, kt_b
     left free)."""
     if PRODUCER:
         if not MAYBE_FIRST or i > 0:
-            # wgmma i - 1 is done in every warp of the group (the barrier: the arrive is one thread's), and the
-            # group's shared-memory reads of the slot come before the producer's next TMA write there (the fence)
+            # wgmma i - 1 is done in every warp of the group (the barrier: the arrive is one thread's). No proxy
+            # fence: the slot's reads (ld.shared, wgmma) are complete, and a TMA write after a read needs only the
+            # mbarrier's ordering (as CUTLASS's consumer_release); fence.proxy.async compiled to MEMBAR.ALL.CTA
             gl.thread_barrier()
-            fence_async_shared()
             mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
     else:
         _fetch(i + STAGES - 1, x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, kt_begin, tiles_per_split, nbytes,
