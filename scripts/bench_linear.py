@@ -180,9 +180,11 @@ def main():
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
             cands = search_space.candidates(kind_of(r), m)
-            if args.backend or args.with_flag:
-                cands = current + [c for c in cands if c != current[0] and c["backend"] == (args.backend or c["backend"])
-                                   and c.get(args.with_flag or "backend")]
+            if args.backend or args.with_flag:  # only those candidates, against the current choice
+                def picked(c):
+                    return ((args.backend is None or c["backend"] == args.backend)
+                            and (args.with_flag is None or c.get(args.with_flag) is True))
+                cands = current + [c for c in cands if c != current[0] and picked(c)]
             return cands
         return current
 
