@@ -159,6 +159,9 @@ def main():
     ap.add_argument("--with-flag", default=None,
                     help="with --tune: try only the candidates that set this switch (e.g. PERSISTENT) against the "
                          "current tuned choice")
+    ap.add_argument("--try-configs", default=None,
+                    help="with --tune: a JSON list of configs to try against the current tuned choice (probes that "
+                         "are not in the search space)")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--weight-mb", type=float, default=192.0, help="weight copies per graph: at least this many MB")
     args = ap.parse_args()
@@ -179,11 +182,13 @@ def main():
         if r.get("xq"):
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
+            if args.try_configs:
+                return current + [c for c in json.loads(args.try_configs) if c != current[0]]
             cands = search_space.candidates(kind_of(r), m)
             if args.backend or args.with_flag:  # only those candidates, against the current choice
                 def picked(c):
                     return ((args.backend is None or c["backend"] == args.backend)
-                            and (args.with_flag is None or c.get(args.with_flag) is True))
+                            and (args.with_flag is None or bool(c.get(args.with_flag))))
                 cands = current + [c for c in cands if c != current[0] and picked(c)]
             return cands
         return current
