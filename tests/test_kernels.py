@@ -482,7 +482,8 @@ def test_register_conversion_is_exact_for_every_byte(cfg, dtype):
 PERSISTENT_RS = [configs.gluon_rs_config(128, 128, 64, warps=8, producer=True, persistent=True, programs=3),
                  configs.gluon_rs_config(64, 64, 128, stages=2, producer=True, persistent=True, programs=2),
                  configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, persistent=True, programs=2),
-                 configs.gluon_rs_config(64, 128, 64, producer=True, acc_scale=True, persistent=True, programs=3)]
+                 configs.gluon_rs_config(64, 128, 64, producer=True, acc_scale=True, persistent=True, programs=3),
+                 configs.gluon_rs_config(64, 256, 64, producer=True, persistent=True, programs=3)]
 
 
 def test_persistent_rs_runs_where_its_ring_restarts_each_tile():
@@ -533,6 +534,8 @@ def test_persistent_rs_runs_where_its_ring_restarts_each_tile():
                                  # one and two token tiles a program group (M=300: two 256-token tiles)
                                  configs.gluon_rs_config(128, 256, 64, warps=8, producer=True, group_m=1),
                                  configs.gluon_rs_config(64, 128, 64, stages=4, group_m=2),
+                                 # one warp group on 256-token tiles, a producer warp, 128-wide K tiles
+                                 configs.gluon_rs_config(64, 256, 128, stages=3, producer=True),
                                  *PERSISTENT_RS],
                          ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("dtype,gran,gs", RECIPES)

@@ -307,6 +307,9 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=2, stages=6),
             gluon_rs_config(64, 64, 128, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
+            # (H100, K=6144 N=2048: row-wise on 128-wide K tiles, fp8-group64 persistent)
+            gluon_rs_config(64, 256, 128, stages=3, producer=True),
+            gluon_rs_config(64, 256, 64, producer=True, persistent=True),
         ]
     if b >= 1024:
         return [
@@ -340,6 +343,7 @@ def _rs_candidates(b: int) -> list[dict]:
             # 256-token tile halves the convert work per MMA, and nothing waits on the other warp group
             gluon_rs_config(64, 256, 64, producer=True),
             gluon_rs_config(64, 256, 64, producer=True, persistent=True),
+            gluon_rs_config(64, 256, 128, stages=3, producer=True),  # (row-wise's pick at N = 2048 / 6144)
         ]
     return []
 
