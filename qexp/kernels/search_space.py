@@ -344,6 +344,7 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 256, 64, producer=True),
             gluon_rs_config(64, 256, 64, producer=True, persistent=True),
             gluon_rs_config(64, 256, 128, stages=3, producer=True),  # (row-wise's pick at N = 2048 / 6144)
+            gluon_rs_config(64, 256, 128, stages=3, producer=True, persistent=True),
         ]
     return []
 
