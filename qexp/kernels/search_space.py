@@ -307,7 +307,7 @@ def _rs_candidates(b: int) -> list[dict]:
             gluon_rs_config(64, 64, 128, split_k=2, stages=6),
             gluon_rs_config(64, 64, 128, stages=6),
             gluon_rs_config(64, 64, 128, split_k=2, stages=6, producer=True),
-            # (H100, K=6144 N=2048: row-wise on 128-wide K tiles, fp8-group64 persistent)
+            # (H100, K=2048 N=6144: row-wise on 128-wide K tiles, fp8-group64 persistent)
             gluon_rs_config(64, 256, 128, stages=3, producer=True),
             gluon_rs_config(64, 256, 64, producer=True, persistent=True),
         ]
