@@ -338,9 +338,9 @@ def _rs_candidates(b: int) -> list[dict]:
             # tiles, won nothing)
             gluon_rs_config(64, 128, 128),
             gluon_rs_config(64, 128, 128, producer=True),
-            # one warp group on 256-token tiles, a producer warp: at M=1024 on N = 2048 / 6144 and K = 6144,
-            # 5-15 % faster than the 128 x 128 and 128 x 256 tiles of two warp groups (H100, 2026-12-06): the
-            # 256-token tile halves the convert work per MMA, and nothing waits on the other warp group
+            # one warp group on 256-token tiles, a producer warp: won all 30 M=1024 cells at N = 2048 / 6144 and
+            # K = 6144, our times 1.03-1.18x faster (H100, 2026-12-06; each weight converted once per 256 tokens,
+            # and twice the tiles of 128 x 256 to fill the waves); lost at N = 1024 / 4096 and M = 4096
             gluon_rs_config(64, 256, 64, producer=True),
             gluon_rs_config(64, 256, 64, producer=True, persistent=True),
             gluon_rs_config(64, 256, 128, stages=3, producer=True),  # (row-wise's pick at N = 2048 / 6144)
