@@ -127,6 +127,21 @@ def _compile_worker(tasks):
     return failed
 
 
+def tune_candidates(kind: str, m: int, current: dict, backend: str | None = None, with_flag: str | None = None,
+                    try_configs: list[dict] | None = None) -> list[dict]:
+    """The configs --tune times for one cell: the search space's candidates; or only those of `backend` / that
+    set `with_flag`, against `current` (the table's choice); or `try_configs` (probes outside the search space)
+    against it."""
+    if try_configs is not None:
+        return [current] + [c for c in try_configs if c != current]
+    cands = search_space.candidates(kind, m)
+    if backend is None and with_flag is None:
+        return cands
+    picked = [c for c in cands if (backend is None or c["backend"] == backend)
+              and (with_flag is None or bool(c.get(with_flag)))]
+    return [current] + [c for c in picked if c != current]
+
+
 def precompile(plan: list, workers: int):
     seen, tasks = set(), []
     for r, cfg, k, m in plan:
@@ -182,15 +197,8 @@ def main():
         if r.get("xq"):
             return [] if current[0]["backend"] == "gemv" else current  # the GEMV quantizes x itself
         if args.tune and r["gran"] != "tensor":
-            if args.try_configs:
-                return current + [c for c in json.loads(args.try_configs) if c != current[0]]
-            cands = search_space.candidates(kind_of(r), m)
-            if args.backend or args.with_flag:  # only those candidates, against the current choice
-                def picked(c):
-                    return ((args.backend is None or c["backend"] == args.backend)
-                            and (args.with_flag is None or bool(c.get(args.with_flag))))
-                cands = current + [c for c in cands if c != current[0] and picked(c)]
-            return cands
+            return tune_candidates(kind_of(r), m, current[0], args.backend, args.with_flag,
+                                   json.loads(args.try_configs) if args.try_configs else None)
         return current
 
     plan = [(r, c, k, m) for r in rs for (k, n) in shapes for m in ms for c in plan_cfgs(r, k, n, m)]
