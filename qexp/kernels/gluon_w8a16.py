@@ -10,7 +10,6 @@ fence -> barrier -> wgmma -> wait-for-wgmma in series, so the convert never over
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -316,12 +315,6 @@ def tma_descriptors(x: torch.Tensor, w_q: torch.Tensor, bm: int, bn: int, bk: in
         return TensorDescriptor(t, list(t.shape), [t.stride(0), 1], [rows, bk],
                                 gl.NVMMASharedLayout.get_default_for([rows, bk], _GL_DTYPE[t.dtype]))
     return desc(x, bm), desc(w_q, bn)
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    """The GPU's SM count (cached: read on every call of a persistent kernel's wrapper)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def regs_at_launch(warps: int) -> int:

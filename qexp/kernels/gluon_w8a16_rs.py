@@ -48,10 +48,10 @@ from qexp.kernels.gluon_w8a16 import (
     prologue,
     regs_at_launch,
     ring,
-    sm_count,
     split_k_sum,
     tile_offsets,
 )
+from qexp.kernels.triton_common import sm_count
 
 # bf16(w * s) for a float32 group scale s = hi + lo (two bf16s), on a bf16x2 pair of weights: fma(w, hi, w * lo)
 # rounds once, so it equals the reference's bf16(float(w) * s) but where w * s lies within ~2^-17 of a rounding

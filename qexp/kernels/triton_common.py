@@ -1,7 +1,16 @@
 """Pieces shared by the quantized GEMM / GEMV kernels: the int8 -> float convert, the epilogue, and the host-side
-reading of a weight's scale layout."""
+reading of a weight's scale layout and of the GPU's SM count."""
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """The GPU's SM count, cached (grid sizing reads it on every launch); 8 off CUDA (the interpreter's tests)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
 def scale_layout(w_scale, group_size: int | None, k: int) -> tuple[bool, int, int]:

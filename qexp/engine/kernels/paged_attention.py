@@ -8,13 +8,12 @@ slots up per key.
 """
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 import triton
 import triton.language as tl
 
 from qexp.kernels import pdl
+from qexp.kernels.triton_common import sm_count
 
 
 @triton.jit
@@ -212,11 +211,6 @@ def prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tab
     return out
 
 
-@cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-
-
 def decode_splits(batch: int, num_kv_heads: int, num_sms: int) -> int:
     """Split each sequence's context across programs until the grid covers the GPU about twice."""
     splits = 1
@@ -244,7 +238,7 @@ def decode_attention(q, k_cache, v_cache, context_lens, block_tables, scale: flo
     B, H, D = q.shape
     KV, block_size = k_cache.shape[2], k_cache.shape[1]
     if splits is None:
-        splits = decode_splits(B, KV, _num_sms(q.device))
+        splits = decode_splits(B, KV, sm_count(q.device))
     out = torch.empty_like(q)
     part_acc = torch.empty((B, H, splits, D), dtype=torch.float32, device=q.device) if splits > 1 else out
     part_ml = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device) if splits > 1 else out
