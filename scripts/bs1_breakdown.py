@@ -1,9 +1,11 @@
-"""Batch-1 decode, where the time goes (dummy Qwen3-1.7B weights):
+"""Batch-1 decode (or --batch B), where the time goes (dummy Qwen3-1.7B weights):
 
-    python scripts/bs1_breakdown.py --recipes bf16,int8-row --out bs1.json [--ablate]
+    python scripts/bs1_breakdown.py --recipes bf16,int8-row --out bs1.json [--ablate] [--batch 100]
 
-Per recipe: generate() tok/s for a one-token prompt and 1000 new tokens (as bench_engine's batch-1 figure), and the
-GPU time of one graph-replayed step at a context of ~504 tokens (300 replays between CUDA events, no host work).
+Per recipe: generate() tok/s for a one-token prompt and 1000 new tokens (as bench_engine's batch-1 figure; batch 1
+only), and the GPU time of one graph-replayed step at a context of ~504 tokens (300 replays between CUDA events, no
+host work). --batch B replays the graph of B sequences instead (B distinct random 500-token prompts: no prefix-cache
+sharing), e.g. 100 for the seed decode test's batch at its mean context.
 --ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
 the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
 is what that part costs in wall time (timing only: the outputs are garbage). In the quantized engines the layers'
@@ -31,10 +33,10 @@ from qexp.engine import kernels as K
 from qexp.models.loader import load_model
 
 
-def replay_us(llm: LLM, n: int = 300) -> float:
-    """Mean us of n back-to-back replays of the engine's own batch-1 graph, as decode replays it. (Not
-    cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
-    graph, _ = llm.runner.graphs[1]
+def replay_us(llm: LLM, batch: int = 1, n: int = 300) -> float:
+    """Mean us of n back-to-back replays of the engine's own graph for `batch` sequences, as decode replays it.
+    (Not cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
+    graph, _ = llm.runner.graphs[next(b for b in model_runner.graph_buckets(llm.runner.max_num_seqs) if b >= batch)]
     for _ in range(20):
         graph.replay()
     torch.cuda.synchronize()
@@ -47,18 +49,26 @@ def replay_us(llm: LLM, n: int = 300) -> float:
     return start.elapsed_time(end) * 1000 / n
 
 
-def recaptured_replay_us(llm: LLM) -> float | str:
-    """Replay time of a fresh batch-1 graph at context ~504 (a new pool: the old graphs' memory is let go)."""
+def prompts(batch: int) -> list[list[int]]:
+    """batch prompts of 500 tokens; distinct rows beyond one, so no sequence shares another's cached blocks."""
+    if batch == 1:
+        return [[7] * 500]
+    return torch.randint(0, 150000, (batch, 500), generator=torch.Generator().manual_seed(7)).tolist()
+
+
+def recaptured_replay_us(llm: LLM, batch: int = 1) -> float | str:
+    """Replay time of a fresh graph for `batch` sequences at context ~504 (a new pool: the old graphs' memory is
+    let go)."""
     llm.runner.graphs.clear()
     llm.runner.graph_pool = None
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        llm.generate([[7] * 500], SamplingParams(max_tokens=4, ignore_eos=True))
-    if 1 not in llm.runner.graphs:
+        llm.generate(prompts(batch), SamplingParams(max_tokens=4, ignore_eos=True))
+    if not llm.runner.graphs:
         llm.runner.use_graphs = True
         return "capture failed: " + "; ".join(str(w.message)[:200] for w in caught)
-    return replay_us(llm)
+    return replay_us(llm, batch)
 
 
 NO_OPS = {  # part -> kernels replaced by no-ops
@@ -72,24 +82,24 @@ NO_OPS = {  # part -> kernels replaced by no-ops
 FUSIONS = {"norm": ["FUSE_NORM"], "swiglu": ["FUSE_SWIGLU"], "norm+swiglu": ["FUSE_NORM", "FUSE_SWIGLU"]}
 
 
-def measure(llm: LLM, model, ablate: bool) -> dict:
+def measure(llm: LLM, model, ablate: bool, batch: int = 1) -> dict:
     llm.generate([[5]], SamplingParams(max_tokens=8, ignore_eos=True))
     res = {"generate_tok_s": []}
-    for rep in range(3):
+    for rep in range(3 if batch == 1 else 0):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = llm.generate([[11 + rep]], SamplingParams(max_tokens=1000, ignore_eos=True))
         torch.cuda.synchronize()
         res["generate_tok_s"].append(len(out[0]) / (time.perf_counter() - t0))
-    res["replay_us"] = recaptured_replay_us(llm)
+    res["replay_us"] = recaptured_replay_us(llm, batch)
     if not ablate:
         return res
     for part, over in NO_OPS.items():
         llm.runner.kernels = types.SimpleNamespace(**{k: getattr(K, k) for k in K.__all__} | over)
-        res[f"replay_us_no_{part}"] = recaptured_replay_us(llm)
+        res[f"replay_us_no_{part}"] = recaptured_replay_us(llm, batch)
     llm.runner.kernels = K
     lm_head, model.lm_head = model.lm_head, torch.nn.Identity()
-    res["replay_us_no_lm_head"] = recaptured_replay_us(llm)
+    res["replay_us_no_lm_head"] = recaptured_replay_us(llm, batch)
     model.lm_head = lm_head
     return res
 
@@ -99,6 +109,7 @@ def main() -> None:
     ap.add_argument("--model", default="configs/models/qwen3-1.7b")
     ap.add_argument("--recipes", default="bf16,int8-row")
     ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--batch", type=int, default=1, help="sequences in the replayed step (1: batch-1 decode)")
     ap.add_argument("--fusions", action="store_true", help="also time each batch-1 fusion switched off")
     ap.add_argument("--splits", default=None, help="comma list of batch-1 split-KV counts to time")
     ap.add_argument("--out", default="benchmarks/bs1_breakdown.json")
@@ -109,7 +120,7 @@ def main() -> None:
         if recipe != "bf16":
             quantize_recipe(model, recipe)
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
-        result[recipe] = measure(llm, model, args.ablate)
+        result[recipe] = measure(llm, model, args.ablate, args.batch)
         print(recipe, json.dumps(result[recipe]), flush=True)
         for name, switches in FUSIONS.items() if args.fusions else []:
             saved = {s: getattr(model_runner, s) for s in switches}
