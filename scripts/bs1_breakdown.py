@@ -36,7 +36,7 @@ from qexp.models.loader import load_model
 def replay_us(llm: LLM, batch: int = 1, n: int = 300) -> float:
     """Mean us of n back-to-back replays of the engine's own graph for `batch` sequences, as decode replays it.
     (Not cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
-    graph, _ = llm.runner.graphs[next(b for b in model_runner.graph_buckets(llm.runner.max_num_seqs) if b >= batch)]
+    graph, _ = llm.runner.graphs[model_runner.graph_bucket(llm.runner.max_num_seqs, batch)]
     for _ in range(20):
         graph.replay()
     torch.cuda.synchronize()

@@ -29,16 +29,12 @@ from qexp.kernels import configs, fused, reference, search_space
 from qexp.models.loader import load_model
 
 
-def graph_m(llm: LLM, batch: int) -> int:
-    """The M of the linears in the decode graph of `batch` sequences (its batch-size bucket)."""
-    return next(b for b in model_runner.graph_buckets(llm.runner.max_num_seqs) if b >= batch)
-
-
 def engine_cells(llm: LLM, batch: int = 1) -> list[str]:
     """Table keys of the quantized linears the decode graph of `batch` sequences runs (recorded during a capture)."""
     with configs.recording() as keys:
         recaptured_replay_us(llm, batch)
-    return [c for c in keys if c.endswith(f"|{configs.m_bucket(graph_m(llm, batch))}")]
+    m_b = configs.m_bucket(model_runner.graph_bucket(llm.runner.max_num_seqs, batch))
+    return [c for c in keys if c.endswith(f"|{m_b}")]
 
 
 def step_candidates(kind_: str, m: int, backend: str) -> list[dict]:
@@ -74,7 +70,7 @@ def tune(llm: LLM, log, batch: int = 1, backend: str = "gluon_rs") -> dict:
 
 def _descend(llm: LLM, cells: list[str], chosen: dict, log, batch: int, backend: str) -> dict:
     """One coordinate-descent pass over the cells (chosen is updated in place), then the reference check."""
-    m = graph_m(llm, batch)
+    m = model_runner.graph_bucket(llm.runner.max_num_seqs, batch)
     start_us = recaptured_replay_us(llm, batch)
     log(f"cells {cells}; start {start_us:.1f} us")
     trials = []

@@ -51,6 +51,11 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
     return sorted({s for s in sizes if s < max_num_seqs} | {max_num_seqs})
 
 
+def graph_bucket(max_num_seqs: int, bs: int) -> int:
+    """The graph bucket a decode batch of bs sequences runs in (the M of its linears)."""
+    return next(b for b in graph_buckets(max_num_seqs) if b >= bs)
+
+
 class ModelRunner:
     def __init__(self, model, *, block_size: int, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, gpu_memory_utilization: float, enforce_eager: bool,
@@ -327,7 +332,7 @@ class ModelRunner:
         """One decode step (last token of each sequence); logits (B, vocab). input_ids (B,) on the device, if
         given, are the step's tokens instead (a run-ahead step: the host holds stand-ins)."""
         bs = len(seqs)
-        bucket = next(b for b in graph_buckets(self.max_num_seqs) if b >= bs) if self.use_graphs else bs
+        bucket = graph_bucket(self.max_num_seqs, bs) if self.use_graphs else bs
         host, host_np = self._hosts[self._steps % 2], self._hosts_np[self._steps % 2]
         self._steps += 1
         ids, pos, slots, ctx, tables = self._decode_views(host_np, bucket)
