@@ -4,8 +4,8 @@
 
 Per recipe: generate() tok/s for a one-token prompt and 1000 new tokens (as bench_engine's batch-1 figure; batch 1
 only), and the GPU time of one graph-replayed step at a context of ~504 tokens (300 replays between CUDA events, no
-host work). --batch B replays the graph of B sequences instead (B distinct random 500-token prompts: no prefix-cache
-sharing), e.g. 100 for the seed decode test's batch at its mean context.
+host work; random 500-token prompts, distinct per sequence: no prefix-cache sharing). --batch B replays the graph of
+B sequences instead, e.g. 100 for the seed decode test's batch at its mean context.
 --ablate: the replay time again with each non-GEMM part of a layer replaced by a no-op (attention, q/k norm + rope,
 the two RMSNorms, SiLU * up) and with lm_head skipped, graphs recaptured each time: the difference to the full step
 is what that part costs in wall time (timing only: the outputs are garbage). In the quantized engines the layers'
@@ -50,9 +50,7 @@ def replay_us(llm: LLM, batch: int = 1, n: int = 300) -> float:
 
 
 def prompts(batch: int) -> list[list[int]]:
-    """batch prompts of 500 tokens; distinct rows beyond one, so no sequence shares another's cached blocks."""
-    if batch == 1:
-        return [[7] * 500]
+    """batch distinct random prompts of 500 tokens: no sequence shares another's cached blocks."""
     return torch.randint(0, 150000, (batch, 500), generator=torch.Generator().manual_seed(7)).tolist()
 
 
