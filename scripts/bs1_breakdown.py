@@ -13,6 +13,10 @@ norms (and SiLU * up) run inside the one-token GEMVs (model_runner.FUSE_NORM / F
 act with --fusions' switches off.
 --fusions: the measurement again with each batch-1 fusion of the quantized engines switched off
 (model_runner.FUSE_NORM, FUSE_SWIGLU, and both), graphs recaptured, keys "<recipe> <switch> off".
+--timeline: a CUPTI trace (torch.profiler) of 5 back-to-back replays of the step: per kernel name, the mean time a
+step from its start to its end ("dur"; with programmatic dependent launch a kernel starts while its predecessor
+runs, so this includes its wait) and the time it advances the step's end ("advance": its end minus the previous
+kernel's end, which sums to the step), plus one step's kernel sequence. Key "<recipe> timeline".
 --splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
 overridden at batch 1, graphs recaptured), keys "<recipe> splits<n>".
 """
@@ -80,6 +84,46 @@ NO_OPS = {  # part -> kernels replaced by no-ops
 FUSIONS = {"norm": ["FUSE_NORM"], "swiglu": ["FUSE_SWIGLU"], "norm+swiglu": ["FUSE_NORM", "FUSE_SWIGLU"]}
 
 
+def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
+    """Per-kernel times of the engine's graph replays from a CUPTI trace (see the module doc)."""
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+    graph, _ = llm.runner.graphs[model_runner.graph_bucket(llm.runner.max_num_seqs, batch)]
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    path = os.path.join(tempfile.mkdtemp(), "trace.json")
+    prof.export_chrome_trace(path)
+    with open(path) as f:
+        kernels = sorted((e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"),
+                         key=lambda e: e["ts"] + e["dur"])
+    if not kernels or len(kernels) % replays:
+        return {"error": f"{len(kernels)} kernels traced in {replays} replays"}
+    per_step = len(kernels) // replays
+    parts: dict[str, dict] = {}
+    for i, e in enumerate(kernels):
+        end = e["ts"] + e["dur"]
+        prev_end = kernels[i - 1]["ts"] + kernels[i - 1]["dur"] if i else e["ts"]
+        p = parts.setdefault(e["name"][:120], {"calls": 0, "dur": 0.0, "advance": 0.0})
+        p["calls"] += 1
+        p["dur"] += e["dur"]
+        p["advance"] += end - prev_end
+    for p in parts.values():
+        p.update(calls=p["calls"] / replays, dur=round(p["dur"] / replays, 2), advance=round(p["advance"] / replays, 2))
+    mid = kernels[per_step * (replays // 2): per_step * (replays // 2 + 1)]
+    t0 = mid[0]["ts"]
+    return {"kernels_per_step": per_step,
+            "step_us": round((kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / replays, 1),
+            "by_kernel": dict(sorted(parts.items(), key=lambda kv: -kv[1]["advance"])),
+            "one_step": [[e["name"][:60], round(e["ts"] - t0, 2), round(e["dur"], 2)] for e in mid]}
+
+
 def measure(llm: LLM, model, ablate: bool, batch: int = 1) -> dict:
     llm.generate([[5]], SamplingParams(max_tokens=8, ignore_eos=True))
     res = {"generate_tok_s": []}
@@ -109,6 +153,7 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--batch", type=int, default=1, help="sequences in the replayed step (1: batch-1 decode)")
     ap.add_argument("--fusions", action="store_true", help="also time each batch-1 fusion switched off")
+    ap.add_argument("--timeline", action="store_true", help="also a per-kernel CUPTI trace of the step")
     ap.add_argument("--splits", default=None, help="comma list of batch-1 split-KV counts to time")
     ap.add_argument("--out", default="benchmarks/bs1_breakdown.json")
     args = ap.parse_args()
@@ -120,6 +165,10 @@ def main() -> None:
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
         result[recipe] = measure(llm, model, args.ablate, args.batch)
         print(recipe, json.dumps(result[recipe]), flush=True)
+        if args.timeline:
+            recaptured_replay_us(llm, args.batch)
+            result[f"{recipe} timeline"] = tl = timeline(llm, args.batch)
+            print(recipe, "timeline", json.dumps({k: v for k, v in tl.items() if k != "one_step"})[:3000], flush=True)
         for name, switches in FUSIONS.items() if args.fusions else []:
             saved = {s: getattr(model_runner, s) for s in switches}
             for s in switches:
