@@ -16,7 +16,8 @@ act with --fusions' switches off.
 --timeline: a CUPTI trace (torch.profiler) of 5 back-to-back replays of the step: per kernel name, the mean time a
 step from its start to its end ("dur"; with programmatic dependent launch a kernel starts while its predecessor
 runs, so this includes its wait) and the time it advances the step's end ("advance": its end minus the previous
-kernel's end, which sums to the step), plus one step's kernel sequence. Key "<recipe> timeline".
+kernel's end, which sums to the step), the same per part of a layer ("by_role", layer GEMMs named by their
+neighbours), plus one step's kernel sequence. Key "<recipe> timeline".
 --splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
 overridden at batch 1, graphs recaptured), keys "<recipe> splits<n>".
 """
@@ -84,6 +85,30 @@ NO_OPS = {  # part -> kernels replaced by no-ops
 FUSIONS = {"norm": ["FUSE_NORM"], "swiglu": ["FUSE_SWIGLU"], "norm+swiglu": ["FUSE_NORM", "FUSE_SWIGLU"]}
 
 
+NOT_GEMMS = ("_decode_kernel", "_rms_norm", "_qk_norm_rope", "_silu_mul", "void ")  # the step's other kernels
+ROLES = {"_decode_kernel": "attention"}
+
+
+def by_role(one_step: list) -> dict:
+    """Mean advance (us) of each part of a decode layer over one traced step ([name, start, dur] rows): a kernel's
+    end minus its predecessor's end, so overlap under PDL counts where it ends. The layer GEMMs, whatever their
+    kernel, are named by their neighbours: o_proj after attention, down after SiLU * up, gate/up before it, q/k/v
+    before q/k norm + rope. Other GEMMs (lm_head) and kernels are left out."""
+    names, ends = [r[0] for r in one_step], [r[1] + r[2] for r in one_step]
+    parts: dict[str, list] = {}
+    for i in range(1, len(names)):
+        name, prev, nxt = names[i], names[i - 1], names[i + 1] if i + 1 < len(names) else ""
+        if name.startswith(NOT_GEMMS):
+            role = None if name.startswith("void ") else ROLES.get(name, name.removesuffix("_kernel").lstrip("_"))
+        else:
+            role = ("o_proj" if prev.startswith("_decode_kernel") else "down" if prev.startswith("_silu_mul")
+                    else "gate_up" if nxt.startswith("_silu_mul") else "qkv" if nxt.startswith("_qk_norm_rope")
+                    else None)
+        if role:
+            parts.setdefault(role, []).append(ends[i] - ends[i - 1])
+    return {role: {"calls": len(v), "advance": round(sum(v) / len(v), 2)} for role, v in parts.items()}
+
+
 def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
     """Per-kernel times of the engine's graph replays from a CUPTI trace (see the module doc)."""
     import os
@@ -121,7 +146,8 @@ def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
     return {"kernels_per_step": per_step, "kernels_traced": len(kernels),
             "step_us": round((kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / replays, 1),
             "by_kernel": dict(sorted(parts.items(), key=lambda kv: -kv[1]["advance"])),
-            "one_step": [[e["name"][:60], round(e["ts"] - t0, 2), round(e["dur"], 2)] for e in mid]}
+            "by_role": by_role(one_step := [[e["name"][:60], round(e["ts"] - t0, 2), round(e["dur"], 2)] for e in mid]),
+            "one_step": one_step}
 
 
 def measure(llm: LLM, model, ablate: bool, batch: int = 1) -> dict:
