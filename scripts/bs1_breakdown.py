@@ -13,11 +13,11 @@ norms (and SiLU * up) run inside the one-token GEMVs (model_runner.FUSE_NORM / F
 act with --fusions' switches off.
 --fusions: the measurement again with each batch-1 fusion of the quantized engines switched off
 (model_runner.FUSE_NORM, FUSE_SWIGLU, and both), graphs recaptured, keys "<recipe> <switch> off".
---timeline: a CUPTI trace (torch.profiler) of 5 back-to-back replays of the step: per kernel name, the mean time a
-step from its start to its end ("dur"; with programmatic dependent launch a kernel starts while its predecessor
-runs, so this includes its wait) and the time it advances the step's end ("advance": its end minus the previous
-kernel's end, which sums to the step), the same per part of a layer ("by_role", layer GEMMs named by their
-neighbours), plus one step's kernel sequence. Key "<recipe> timeline".
+--timeline: a CUPTI trace (torch.profiler) of 5 back-to-back replays of the step. Per kernel name and step: its
+calls' time from start to end ("dur"; under programmatic dependent launch a kernel starts while its predecessor
+runs, so this includes its wait) and the time they advance the step's end ("advance": a kernel's end minus the
+previous kernel's end; the advances sum to the step). The same per part of a layer ("by_role", layer GEMMs named
+by their neighbours), and one step's kernel sequence. Key "<recipe> timeline".
 --splits 16,8,4: the measurement again per split-KV count of batch-1 decode attention (paged_attention.decode_splits
 overridden at batch 1, graphs recaptured), keys "<recipe> splits<n>".
 """
@@ -142,12 +142,11 @@ def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
     for p in parts.values():
         p.update(calls=p["calls"] / replays, dur=round(p["dur"] / replays, 2), advance=round(p["advance"] / replays, 2))
     mid = kernels[per_step * (replays // 2): per_step * (replays // 2 + 1)]
-    t0 = mid[0]["ts"]
+    one_step = [[e["name"][:60], round(e["ts"] - mid[0]["ts"], 2), round(e["dur"], 2)] for e in mid]
     return {"kernels_per_step": per_step, "kernels_traced": len(kernels),
             "step_us": round((kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / replays, 1),
             "by_kernel": dict(sorted(parts.items(), key=lambda kv: -kv[1]["advance"])),
-            "by_role": by_role(one_step := [[e["name"][:60], round(e["ts"] - t0, 2), round(e["dur"], 2)] for e in mid]),
-            "one_step": one_step}
+            "by_role": by_role(one_step), "one_step": one_step}
 
 
 def measure(llm: LLM, model, ablate: bool, batch: int = 1) -> dict:
