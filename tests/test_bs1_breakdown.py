@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bs1_breakdown import by_role  # noqa: E402
+from bs1_breakdown import by_role
 
 
 def _layer(gemm: str, t: float) -> tuple[list, float]:
