@@ -207,7 +207,7 @@ def main() -> None:
         attention = importlib.import_module("qexp.engine.kernels.paged_attention")
         default_splits = attention.decode_splits
         for n in [int(v) for v in args.splits.split(",")] if args.splits else []:
-            attention.decode_splits = lambda b, kv, sms, n=n: n if b == 1 else default_splits(b, kv, sms)
+            attention.decode_splits = lambda b, kv, sms, n=n, d=default_splits: n if b == 1 else d(b, kv, sms)
             llm.runner.graphs.clear()
             llm.runner.graph_pool = None
             result[f"{recipe} splits{n}"] = measure(llm, model, False)
