@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import time
 import types
@@ -38,13 +39,19 @@ from qexp.engine import kernels as K
 from qexp.models.loader import load_model
 
 
-def replay_us(llm: LLM, batch: int = 1, n: int = 300) -> float:
-    """Mean us of n back-to-back replays of the engine's own graph for `batch` sequences, as decode replays it.
-    (Not cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
+def warm_graph(llm: LLM, batch: int) -> torch.cuda.CUDAGraph:
+    """The engine's captured decode graph for `batch` sequences, after 20 replays."""
     graph, _ = llm.runner.graphs[model_runner.graph_bucket(llm.runner.max_num_seqs, batch)]
     for _ in range(20):
         graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def replay_us(llm: LLM, batch: int = 1, n: int = 300) -> float:
+    """Mean us of n back-to-back replays of the engine's own graph for `batch` sequences, as decode replays it.
+    (Not cuda_timing.graph_replay_ms: that captures a callable of its own and times one replay at a time.)"""
+    graph = warm_graph(llm, batch)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(n):
@@ -89,12 +96,18 @@ NOT_GEMMS = ("_decode_kernel", "_rms_norm", "_qk_norm_rope", "_silu_mul", "void 
 ROLES = {"_decode_kernel": "attention"}
 
 
+def advances(rows: list) -> list[float]:
+    """Each [name, start, dur] row's end minus the previous row's end (rows in order of end; the first: its dur)."""
+    ends = [r[1] + r[2] for r in rows]
+    return [rows[0][2]] + [b - a for a, b in itertools.pairwise(ends)]
+
+
 def by_role(one_step: list) -> dict:
     """Mean advance (us) of each part of a decode layer over one traced step ([name, start, dur] rows): a kernel's
     end minus its predecessor's end, so overlap under PDL counts where it ends. The layer GEMMs, whatever their
     kernel, are named by their neighbours: o_proj after attention, down after SiLU * up, gate/up before it, q/k/v
     before q/k norm + rope. Other GEMMs (lm_head) and kernels are left out."""
-    names, ends = [r[0] for r in one_step], [r[1] + r[2] for r in one_step]
+    names, adv = [r[0] for r in one_step], advances(one_step)
     parts: dict[str, list] = {}
     for i in range(1, len(names)):
         name, prev, nxt = names[i], names[i - 1], names[i + 1] if i + 1 < len(names) else ""
@@ -105,7 +118,7 @@ def by_role(one_step: list) -> dict:
                     else "gate_up" if nxt.startswith("_silu_mul") else "qkv" if nxt.startswith("_qk_norm_rope")
                     else None)
         if role:
-            parts.setdefault(role, []).append(ends[i] - ends[i - 1])
+            parts.setdefault(role, []).append(adv[i])
     return {role: {"calls": len(v), "advance": round(sum(v) / len(v), 2)} for role, v in parts.items()}
 
 
@@ -115,10 +128,7 @@ def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
-    graph, _ = llm.runner.graphs[model_runner.graph_bucket(llm.runner.max_num_seqs, batch)]
-    for _ in range(20):
-        graph.replay()
-    torch.cuda.synchronize()
+    graph = warm_graph(llm, batch)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
             graph.replay()
@@ -126,25 +136,28 @@ def timeline(llm: LLM, batch: int, replays: int = 5) -> dict:
     path = os.path.join(tempfile.mkdtemp(), "trace.json")
     prof.export_chrome_trace(path)
     with open(path) as f:
-        kernels = sorted((e for e in json.load(f)["traceEvents"] if e.get("cat") == "kernel"),
-                         key=lambda e: e["ts"] + e["dur"])
-    if not kernels:
+        return summarize([[e["name"], e["ts"], e["dur"]] for e in json.load(f)["traceEvents"]
+                          if e.get("cat") == "kernel"], replays)
+
+
+def summarize(rows: list, replays: int) -> dict:
+    """The timeline's figures from the traced kernels of `replays` steps ([name, start, dur] rows, us)."""
+    rows = sorted(rows, key=lambda r: r[1] + r[2])
+    if not rows:
         return {"error": "no kernel traced"}
-    per_step = len(kernels) // replays  # not whole if the trace holds other kernels: then kernels_traced says so
+    per_step = len(rows) // replays  # not whole if the trace holds other kernels: then kernels_traced says so
     parts: dict[str, dict] = {}
-    for i, e in enumerate(kernels):
-        end = e["ts"] + e["dur"]
-        prev_end = kernels[i - 1]["ts"] + kernels[i - 1]["dur"] if i else e["ts"]
-        p = parts.setdefault(e["name"][:120], {"calls": 0, "dur": 0.0, "advance": 0.0})
+    for (name, _, dur), adv in zip(rows, advances(rows)):
+        p = parts.setdefault(name[:120], {"calls": 0, "dur": 0.0, "advance": 0.0})
         p["calls"] += 1
-        p["dur"] += e["dur"]
-        p["advance"] += end - prev_end
+        p["dur"] += dur
+        p["advance"] += adv
     for p in parts.values():
         p.update(calls=p["calls"] / replays, dur=round(p["dur"] / replays, 2), advance=round(p["advance"] / replays, 2))
-    mid = kernels[per_step * (replays // 2): per_step * (replays // 2 + 1)]
-    one_step = [[e["name"][:60], round(e["ts"] - mid[0]["ts"], 2), round(e["dur"], 2)] for e in mid]
-    return {"kernels_per_step": per_step, "kernels_traced": len(kernels),
-            "step_us": round((kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / replays, 1),
+    mid = rows[per_step * (replays // 2): per_step * (replays // 2 + 1)]
+    one_step = [[name[:60], round(ts - mid[0][1], 2), round(dur, 2)] for name, ts, dur in mid]
+    return {"kernels_per_step": per_step, "kernels_traced": len(rows),
+            "step_us": round((rows[-1][1] + rows[-1][2] - rows[0][1]) / replays, 1),
             "by_kernel": dict(sorted(parts.items(), key=lambda kv: -kv[1]["advance"])),
             "by_role": by_role(one_step), "one_step": one_step}
 

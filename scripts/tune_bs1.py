@@ -7,11 +7,11 @@ between norms, rope and attention with programmatic dependent launch, so a confi
 kernel and two configs within 2 % of each other alone can differ by 5 % in the step (BENCHMARKS.md, 2026-12-01).
 Here each cell the decode graph uses (recorded while it is captured) tries the candidates and the current choice;
 one coordinate-descent pass, each candidate timed by graph replay (as bs1_breakdown.replay_us) with the other cells
-at their best so far. Batch 1 (default) tries the gemv_gl candidates of the M=1 cells; --batch B the --backend
-candidates of the cells of B's M bucket (e.g. 100 sequences, the seed decode test: M=104, the M=128 cells). Each
-chosen config is then checked on its cell's shape at that M against the reference (random weights quantized as
-the cell's kind, bench_linear's tolerance). The whole step's logits are not compared: on random weights a last-bit
-change in one GEMV's sum order moves them by ~1e-2 after 28 layers.
+at their best so far. Batch 1 (default) tries the gemv_gl candidates of the M=1 cells; --batch B the gluon_rs (or
+--backend) candidates of the cells of B's M bucket (e.g. 100 sequences, the seed decode test: M=104, the M=128
+cells). Each chosen config is then checked on its cell's shape at that M against the reference (random weights
+quantized as the cell's kind, bench_linear's tolerance). The whole step's logits are not compared: on random
+weights a last-bit change in one GEMV's sum order moves them by ~1e-2 after 28 layers.
 --write stores the chosen cells in this GPU's table (qexp/kernels/tuned/<gpu>.json).
 """
 from __future__ import annotations
@@ -37,13 +37,6 @@ def engine_cells(llm: LLM, batch: int = 1) -> list[str]:
     return [c for c in keys if c.endswith(f"|{m_b}")]
 
 
-def step_candidates(kind_: str, m: int, backend: str) -> list[dict]:
-    """What each cell tries: gemv_gl at one token, else the backend's candidates for the cell's M bucket."""
-    if m == 1:
-        return search_space._gemv_gl_candidates()
-    return [c for c in search_space.candidates(kind_, m) if c["backend"] == backend]
-
-
 def check_cell(cell: str, cfg: dict, m: int = 1) -> float:
     """Relative error of cfg on the cell's shape (m tokens) against the reference."""
     kind_, n, k, _ = cell.split("|")
@@ -57,7 +50,8 @@ def check_cell(cell: str, cfg: dict, m: int = 1) -> float:
                    reference.quantized_linear(x, q, s, group_size=gs))
 
 
-def tune(llm: LLM, log, batch: int = 1, backend: str = "gluon_rs") -> dict:
+def tune(llm: LLM, log, batch: int = 1, backend: str | None = None) -> dict:
+    backend = backend or ("gemv_gl" if batch == 1 else "gluon_rs")
     cells = [c for c in engine_cells(llm, batch) if c.startswith("w8a16")]  # the candidates are weight-only kernels
     name, cap = configs.device_name(0), configs.device_capability(0)
     chosen = {}
@@ -76,7 +70,7 @@ def _descend(llm: LLM, cells: list[str], chosen: dict, log, batch: int, backend:
     trials = []
     for cell in cells:
         best_cfg, best_us = chosen[cell], recaptured_replay_us(llm, batch)
-        for cfg in step_candidates(cell.split("|")[0], m, backend):
+        for cfg in (c for c in search_space.candidates(cell.split("|")[0], m) if c["backend"] == backend):
             if cfg == best_cfg:
                 continue
             chosen[cell] = cfg
@@ -101,7 +95,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/bs1_tune.json")
     ap.add_argument("--write", action="store_true", help="store the chosen cells in this GPU's tuned table")
     ap.add_argument("--batch", type=int, default=1, help="sequences in the decode step tuned (1: the M=1 cells)")
-    ap.add_argument("--backend", default="gluon_rs", help="the candidates' backend where --batch > 1")
+    ap.add_argument("--backend", default=None, help="candidates' backend (gemv_gl at batch 1, else gluon_rs)")
     args = ap.parse_args()
     name = torch.cuda.get_device_name()
     result = {"device": name, "torch": torch.__version__, "tables": configs.tables_in_use(0), "config": vars(args)}
@@ -109,7 +103,7 @@ def main() -> None:
         model = load_model(args.model, "dummy", "cuda", 0)
         quantize_recipe(model, recipe)
         llm = LLM(model, max_num_seqs=256, max_model_len=2048, max_num_batched_tokens=16384)
-        result[recipe] = tune(llm, lambda s: print(recipe, s, flush=True), args.batch, args.backend)
+        result[recipe] = tune(llm, lambda s, r=recipe: print(r, s, flush=True), args.batch, args.backend)
         del llm, model
         torch.cuda.empty_cache()
         with open(args.out, "w") as f:

@@ -1,9 +1,11 @@
-"""bs1_breakdown.by_role: the parts of a decode layer from one traced step, GEMMs named by their neighbours."""
+"""bs1_breakdown's timeline figures: per kernel and per part of a decode layer (GEMMs named by their neighbours)
+from traced [name, start, dur] rows."""
+import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bs1_breakdown import by_role
+from bs1_breakdown import by_role, summarize
 
 
 def _layer(gemm: str, t: float) -> tuple[list, float]:
@@ -32,3 +34,22 @@ def test_by_role_names_layer_gemms_by_neighbours_and_averages_their_advance():
     # advances sum to the traced span after the first kernel
     total = sum(v["advance"] * v["calls"] for v in roles.values())
     assert total == rows[-1][1] + rows[-1][2] - (rows[0][1] + rows[0][2])
+
+
+def test_summarize_sums_each_kernels_advance_per_step_whatever_the_trace_order():
+    rows, t = [], 0.0
+    for _ in range(2):  # two replays of a two-layer step
+        for gemm in ["_rs_kernel", "_rs_kernel"]:
+            layer, t = _layer(gemm, t)
+            rows += layer
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    out = summarize(shuffled, replays=2)
+    assert out["kernels_per_step"] == 18 and out["kernels_traced"] == 36
+    assert out["step_us"] == t / 2 == 56
+    # per step: 2 x attention 10 us; GEMMs 2 x (3 + 5 + 4 + 2); the o_proj's "dur" holds its 2 us under attention
+    assert out["by_kernel"]["_decode_kernel"] == {"calls": 2, "dur": 20, "advance": 20}
+    assert out["by_kernel"]["_rs_kernel"] == {"calls": 8, "dur": 32, "advance": 28}
+    assert sum(p["advance"] for p in out["by_kernel"].values()) == out["step_us"]
+    assert out["by_role"]["gate_up"] == {"calls": 2, "advance": 5}
+    assert out["one_step"][0] == ["_decode_kernel", 0.0, 10]
