@@ -8,7 +8,8 @@ same weight bytes as W8A8 but converts every weight to bf16 and runs bf16 MMAs. 
 (`torch._scaled_mm`, row-wise scales, x already quantized) and int8 x int8 GEMM (`torch._int_mm`, int32 out, no
 scales at all: flattering) say what the vendor's native 8-bit kernels reach at this M. Timed beside bf16 F.linear
 and our W8A16 kernels (the tuned table's choice), as bench_linear times (one CUDA graph of calls, each on its own
-weight copy, more than L2 in all).
+weight copy, more than L2 in all; --hot: every call on one weight, so weights that fit stay in L2,
+which says how much of each kernel's time is HBM).
 """
 from __future__ import annotations
 
@@ -32,24 +33,29 @@ from qexp.quant import qdq
 ENGINE_SHAPES = [(2048, 4096), (2048, 2048), (2048, 12288), (6144, 2048)]
 
 
-def cases(x: torch.Tensor, w: torch.Tensor, n: int) -> dict:
+def copies(make, n: int, hot: bool) -> list:
+    """n weight copies from make(); hot: n references to one (the graph's calls then re-read it from L2)."""
+    return [make()] * n if hot else [make() for _ in range(n)]
+
+
+def cases(x: torch.Tensor, w: torch.Tensor, n: int, hot: bool) -> dict:
     """name -> (call(i) on the i-th of n weight copies, the reference it must match or None)."""
     ref = F.linear(x, w)
-    bf16 = [w.clone() for _ in range(n)]
+    bf16 = copies(w.clone, n, hot)
     out = {"bf16 (cuBLAS)": (lambda i: F.linear(x, bf16[i]), ref)}
     for wd in ("int8", "fp8"):
         q, s = qdq.quantize(w, wd, "row", None)
-        qs = [(q.contiguous().clone(), s.contiguous().clone()) for _ in range(n)]
+        qs = copies(lambda q=q, s=s: (q.contiguous().clone(), s.contiguous().clone()), n, hot)
         out[f"W8A16 {wd}-row (ours)"] = (lambda i, qs=qs: fused.quantized_linear(x, *qs[i]), ref)
     q8, s8 = qdq.quantize(w, "fp8", "row", None)
-    f8 = [(q8.contiguous().clone(), s8.reshape(1, -1).float().contiguous().clone()) for _ in range(n)]
+    f8 = copies(lambda: (q8.contiguous().clone(), s8.reshape(1, -1).float().contiguous().clone()), n, hot)
     xq8, xs8 = quantize_activation(x, "fp8")
     for fast in (False, True):
         out[f"W8A8 fp8 cuBLAS _scaled_mm{' fast-accum' if fast else ''} (x prequantized)"] = (
             lambda i, fast=fast: torch._scaled_mm(xq8, f8[i][0].t(), scale_a=xs8, scale_b=f8[i][1],
                                                   out_dtype=torch.bfloat16, use_fast_accum=fast), ref)
     qi, _ = qdq.quantize(w, "int8", "row", None)
-    i8 = [qi.contiguous().clone() for _ in range(n)]
+    i8 = copies(qi.contiguous().clone, n, hot)
     xqi, _ = quantize_activation(x, "int8")
     out["W8A8 int8 cuBLAS _int_mm (x prequantized, int32 out, unscaled)"] = (
         lambda i: torch._int_mm(xqi, i8[i].t()), None)
@@ -60,6 +66,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="104")
     ap.add_argument("--json", default="benchmarks/vendor_8bit.json")
+    ap.add_argument("--hot", action="store_true",
+                    help="every call on one weight: it stays in L2 between calls where it fits (the cold default "
+                         "cycles copies that exceed L2, as the model's layers do)")
     args = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(0)
     results = []
@@ -67,13 +76,13 @@ def main() -> None:
         for k, n in ENGINE_SHAPES:
             w = torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16) / k ** 0.5
             x = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-            copies = copies_for(n, k)
+            n_copies = copies_for(n, k)
             row = {"M": m, "K": k, "N": n, "us": {}, "rel_err": {}}
-            for name, (call, ref) in cases(x, w, copies).items():
+            for name, (call, ref) in cases(x, w, n_copies, args.hot).items():
                 try:
                     if ref is not None:  # the bound is only a bound if the GEMM computes the same product
                         row["rel_err"][name] = rel_err(call(0), ref)
-                    row["us"][name] = round(time_graph(call, copies), 3)
+                    row["us"][name] = round(time_graph(call, n_copies), 3)
                 except Exception as e:  # noqa: BLE001 - reported; the other GEMMs still run
                     print(f"  FAIL {name} M{m} K{k} N{n}: {repr(e)[:200]}", flush=True)
                     row["us"][name] = float("nan")
@@ -91,7 +100,7 @@ def main() -> None:
                                               for name, us in sums.items()), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                           "cublas": torch.backends.cuda.preferred_blas_library().name,
+                                           "cublas": torch.backends.cuda.preferred_blas_library().name, "hot": args.hot,
                                            "results": results, "per_layer": layer}, indent=1))
 
 
