@@ -80,7 +80,7 @@ def main() -> None:
             row = {"M": m, "K": k, "N": n, "us": {}, "rel_err": {}}
             for name, (call, ref) in cases(x, w, n_copies, args.hot).items():
                 try:
-                    if ref is not None:  # the bound is only a bound if the GEMM computes the same product
+                    if ref is not None:  # recorded: a bound counts only if it computes the same product
                         row["rel_err"][name] = rel_err(call(0), ref)
                     row["us"][name] = round(time_graph(call, n_copies), 3)
                 except Exception as e:  # noqa: BLE001 - reported; the other GEMMs still run
